@@ -1,0 +1,153 @@
+"""`promptd doctor`: check each thing promptd depends on and say what to do when it fails."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from .config import Config
+from .errors import PromptdError
+
+Level = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report."""
+
+    level: Level
+    what: str
+    detail: str
+    fix: str = ""
+
+    def render(self) -> str:
+        """``[ ok ] what: detail`` plus an indented ``-> fix`` line when something is wrong."""
+        mark = {"ok": " ok ", "warn": "warn", "fail": "FAIL"}[self.level]
+        line = f"[{mark}] {self.what}: {self.detail}"
+        return f"{line}\n       -> {self.fix}" if self.fix and self.level != "ok" else line
+
+
+def run_checks(config: Config) -> Iterator[Check]:
+    """Every check, in the order a person would fix things."""
+    yield Check("ok", "config", str(config.source or "built-in defaults"))
+    yield from check_inboxes(config)
+    yield from check_ollama(config)
+    yield from check_torch()
+    yield from check_clip(config)
+
+
+def check_inboxes(config: Config) -> Iterator[Check]:
+    """Each inbox exists (or can be created) and accepts new files."""
+    for inbox in config.inbox:
+        if not inbox.exists():
+            yield Check(
+                "warn", f"inbox {inbox}", "does not exist yet", f"mkdir -p {inbox} (run creates it)"
+            )
+            continue
+        try:
+            with tempfile.NamedTemporaryFile(dir=inbox, prefix=".promptd-doctor-"):
+                pass
+        except OSError as exc:
+            yield Check(
+                "fail",
+                f"inbox {inbox}",
+                f"not writable ({exc.strerror})",
+                "give the promptd user write access to the folder (sidecars are written next to images)",
+            )
+        else:
+            yield Check("ok", f"inbox {inbox}", "writable")
+
+
+def check_ollama(config: Config) -> Iterator[Check]:
+    """Ollama answers, each configured model is pulled, the vision model can see images."""
+    from .compose.client import OllamaLLM
+
+    llm = OllamaLLM(config.ollama)
+    host = config.ollama.host
+    try:
+        version = llm.version()
+        installed = set(llm.list_models())
+    except PromptdError as exc:
+        yield Check(
+            "fail",
+            "ollama",
+            f"{host}: {exc.message}",
+            "start it (`ollama serve` or `systemctl start ollama`), or set ollama.host / $OLLAMA_HOST; "
+            "until then images get degraded `clip`-mode prompts",
+        )
+        return
+    yield Check("ok", "ollama", f"{host} version {version}")
+    models = config.ollama.models
+    for role, name in (
+        ("speed", models.speed),
+        ("quality", models.quality),
+        ("vision", models.vision),
+    ):
+        if _tagged(name) not in installed:
+            yield Check("fail", f"model {role}", f"{name} is not pulled", f"ollama pull {name}")
+            continue
+        try:
+            caps = llm.capabilities(name)
+        except PromptdError as exc:
+            yield Check("warn", f"model {role}", f"{name}: {exc.message}")
+            continue
+        if role == "vision" and "vision" not in caps:
+            yield Check(
+                "fail",
+                "model vision",
+                f"{name} cannot see images (capabilities: {', '.join(sorted(caps))})",
+                "set ollama.models.vision to a vision model, e.g. gemma3:4b",
+            )
+        else:
+            yield Check("ok", f"model {role}", f"{name} ({', '.join(sorted(caps))})")
+
+
+def _tagged(name: str) -> str:
+    return name if ":" in name else f"{name}:latest"
+
+
+def check_torch() -> Iterator[Check]:
+    """Which device CLIP will use, and how much VRAM is free on it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        yield Check(
+            "warn",
+            "torch",
+            f"{torch.__version__}, no CUDA device: CLIP runs on the CPU",
+            "for a GPU, install a CUDA build of torch into the venv",
+        )
+        return
+    free, total = torch.cuda.mem_get_info()
+    name = torch.cuda.get_device_name()
+    yield Check(
+        "ok",
+        "torch",
+        f"{torch.__version__} on {name}: {free / 2**30:.1f} of {total / 2**30:.1f} GiB free",
+    )
+
+
+def check_clip(config: Config, loader: Callable[[Config], str] | None = None) -> Iterator[Check]:
+    """The CLIP weights load (from the local cache or folder)."""
+    try:
+        device = (loader or _load_clip)(config)
+    except PromptdError as exc:
+        yield Check(
+            "fail",
+            "clip",
+            exc.message,
+            "set clip.model to a folder with the weights, or run once with network access",
+        )
+        return
+    yield Check("ok", "clip", f"{config.clip.model} loads on {device}")
+
+
+def _load_clip(config: Config) -> str:
+    from .analysis.clip import ClipAnalyzer
+    from .context import cache_dir
+
+    analyzer = ClipAnalyzer(config.clip, cache_dir(config))
+    analyzer.load()
+    return analyzer.device
