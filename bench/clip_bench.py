@@ -10,6 +10,9 @@ Three paths score the same images against the five default tables:
   (timed in turns with the seed, image by image, so a busy machine slows both alike);
 - ours, batched: ``ClipAnalyzer.analyze(images)`` in chunks of ``--batch-size``.
 
+Times are medians (per image for the first two, over three runs for the batched one), so a
+burst of load from another process on a shared machine does not decide the ratio.
+
 All three use the same image processor and weights. The goal is ours-unbatched >= 8x the
 seed on CPU. Results are printed and written to bench/results/clip.json.
 """
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,8 +35,9 @@ import torch
 import transformers
 from PIL import Image
 
-from daemon.analysis.clip import ClipAnalyzer, resolve_device
+from daemon.analysis.clip import ClipAnalyzer
 from daemon.analysis.labels import DEFAULT_TABLES
+from daemon.analysis.loading import resolve_device
 from daemon.config import ClipSettings
 from tests.tinyclip import build_tiny_clip
 
@@ -77,17 +82,28 @@ def seed_way(
 def interleaved_ms(
     paths: Sequence[Callable[[Image.Image], object]], images: Sequence[Image.Image]
 ) -> list[float]:
-    """Mean milliseconds per image for each path, the paths taking turns image by image.
+    """Median milliseconds per image for each path, the paths taking turns image by image.
 
-    Taking turns spreads the load of a shared machine evenly over the paths compared.
+    Taking turns spreads the load of a shared machine over the paths compared, and the median
+    ignores the images that another process happened to slow down.
     """
-    totals = [0.0] * len(paths)
+    times: list[list[float]] = [[] for _ in paths]
     for image in images:
         for index, path in enumerate(paths):
             started = time.perf_counter()
             path(image)
-            totals[index] += time.perf_counter() - started
-    return [total * 1000 / len(images) for total in totals]
+            times[index].append((time.perf_counter() - started) * 1000)
+    return [statistics.median(series) for series in times]
+
+
+def batched_ms(run: Callable[[], object], count: int, repeats: int = 3) -> float:
+    """Median over ``repeats`` runs of milliseconds per image for one call over ``count`` images."""
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        runs.append((time.perf_counter() - started) * 1000 / count)
+    return statistics.median(runs)
 
 
 def agree(seed: Mapping[str, Mapping[str, float]], ours: Mapping[str, Any], tol: float) -> bool:
@@ -132,9 +148,7 @@ def benchmark(
         ],
         images,
     )
-    started = time.perf_counter()
-    analyzer.analyze(images)
-    batch_ms = (time.perf_counter() - started) * 1000 / n
+    batch_ms = batched_ms(lambda: analyzer.analyze(images), n)
     return {
         "device": resolved,
         "dtype": str(dtype).removeprefix("torch."),
@@ -163,7 +177,7 @@ def report(result: Mapping[str, Any]) -> str:
     lines = [
         f"CLIP ViT-B/32 shape (random weights), {result['images']} images 512x512, "
         f"{result['device']} {result['dtype']}, {result['threads']} threads",
-        f"{'path':<34}{'ms/image':>10}{'vs seed':>10}",
+        f"{'path (median)':<34}{'ms/image':>10}{'vs seed':>10}",
         f"{'seed 000 (5 full calls/image)':<34}{ms['seed']:>10.1f}{1.0:>9.1f}x",
         f"{'ours, one image per call':<34}{ms['ours_unbatched']:>10.1f}{speed['unbatched']:>9.1f}x",
         f"{'ours, batches of ' + str(result['batch_size']):<34}"

@@ -306,17 +306,27 @@ def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> C
     return _complete(config, resolved.parent, resolved, environ)
 
 
+def _systemd_dir(environ: Mapping[str, str], name: str) -> Path | None:
+    """The first folder systemd lists in ``$name`` (colon-separated, absolute), if any."""
+    first = environ.get(name, "").split(":")[0]
+    return Path(first) if first.startswith("/") else None
+
+
 def _complete(
     config: Config, base: Path, source: Path | None, environ: Mapping[str, str]
 ) -> Config:
     """Fill in what the file leaves to the environment and make every path absolute."""
+    # Under systemd, CacheDirectory=/StateDirectory= hand us $CACHE_DIRECTORY/$STATE_DIRECTORY.
     cache_dir = (
         _absolute(config.cache_dir, base, environ)
         if config.cache_dir is not None
-        else _xdg_dir(environ, "XDG_CACHE_HOME", ".cache") / "promptd"
+        else _systemd_dir(environ, "CACHE_DIRECTORY")
+        or _xdg_dir(environ, "XDG_CACHE_HOME", ".cache") / "promptd"
     )
     state_dir = (
-        _absolute(config.state_dir, base, environ) if config.state_dir is not None else cache_dir
+        _absolute(config.state_dir, base, environ)
+        if config.state_dir is not None
+        else _systemd_dir(environ, "STATE_DIRECTORY") or cache_dir
     )
     host = config.ollama.host or environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST
     model = config.clip.model

@@ -28,6 +28,7 @@ from .errors import ConfigError, ImageError, PromptdError
 from .jobs import Analysis, Composition, EffectiveRule, LoadedImage, Result
 from .names import is_ignored_name
 from .rules import RuleResolver, fingerprint_for
+from .treewalk import scan
 
 log = structlog.get_logger("promptd.pipeline")
 _T = TypeVar("_T")
@@ -382,24 +383,15 @@ def _ms(started: float) -> float:
 
 
 def discover(targets: Sequence[Path], config: Config) -> Iterator[Path]:
-    """Every candidate image under the given files and folders, sorted, hidden folders skipped."""
+    """Every candidate image under the given files and folders (hidden folders skipped)."""
     for target in targets:
         if target.is_dir():
-            yield from _walk(target, config)
+            yield from sorted(
+                scan(
+                    target,
+                    is_candidate=lambda p: is_candidate(p, config),
+                    ignore=config.images.ignore,
+                )
+            )
         elif is_candidate(target, config):
             yield target
-
-
-def _walk(folder: Path, config: Config) -> Iterator[Path]:
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as exc:
-        log.warning("scan_failed", folder=str(folder), error=str(exc))
-        return
-    for entry in entries:
-        if is_ignored_name(entry.name, config.images.ignore):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk(Path(entry.path), config)
-        elif entry.is_file(follow_symlinks=False) and is_candidate(Path(entry.path), config):
-            yield Path(entry.path)

@@ -67,7 +67,11 @@ class Service:
         self.degraded_seen = threading.Event()
         self.started_at = datetime.now(timezone.utc)
         self._apply_config(config)
-        self.queue = JobQueue(config.watch.queue_size, schedule=RetrySchedule.default())
+        self.queue = JobQueue(
+            config.watch.queue_size,
+            schedule=RetrySchedule.default(),
+            on_overflow=lambda: self.request_scan(None, redo_degraded=False, reason="queue full"),
+        )
         self.watcher: Watcher | None = None
         self.worker = threading.Thread(target=self._work, name="promptd-worker", daemon=True)
         self.scanner = threading.Thread(target=self._scan_loop, name="promptd-scan", daemon=True)
@@ -175,6 +179,7 @@ class Service:
             on_removed=self._on_removed,
             on_moved=self._on_moved,
             needs_rescan=lambda reason: self.request_scan(None, redo_degraded=False, reason=reason),
+            ignore=config.images.ignore,
         )
         self.watcher.start()
 
@@ -276,7 +281,10 @@ class Service:
             for path in pending_images(root, self.ctx, redo_degraded=redo_degraded):
                 if self.stop_event.is_set():
                     return
-                self.queue.put_wait(path, self.stop_event)
+                if self.watcher is not None and self._maybe_still_written(path):
+                    self.watcher.hint(path)  # released once it has settled
+                else:
+                    self.queue.put_wait(path, self.stop_event)
                 found += 1
         if folder is not None:
             self._forget_held(folder)
@@ -286,6 +294,14 @@ class Service:
             pending=found,
             ms=round((time.perf_counter() - started) * 1000),
         )
+
+    def _maybe_still_written(self, path: Path) -> bool:
+        """Modified less than `watch.settle_s` ago: a scan must not read it half-written."""
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            return False
+        return age < self.config.watch.settle_s
 
     def _forget_held(self, folder: Path) -> None:
         for held in [

@@ -20,7 +20,9 @@ the events, asks the Settler when each file is complete, and calls back:
   queue overflowed); rescan everything.
 
 Every callback runs on the watcher's one thread, one at a time; each should be quick (a
-slow one delays the others, never the observers) and may see the same path twice.
+slow one delays the others, never the observers) and may see the same path twice. A file
+renamed into a folder created a moment before may be reported as removed and new rather
+than moved (inotify had no watch on the folder yet); the end state is the same.
 """
 
 from __future__ import annotations

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from daemon.analysis.clip import ClipAnalyzer
 from daemon.config import ClipSettings
-from tests.tinyclip import build_tiny_clip
+
+if TYPE_CHECKING:  # imported in the fixtures, so sessions that need no CLIP skip torch
+    from daemon.analysis.clip import ClipAnalyzer
 
 
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny CLIP saved with save_pretrained, built once per test session (treat as read-only)."""
+    from tests.tinyclip import build_tiny_clip
+
     return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
@@ -26,4 +30,6 @@ def clip_settings(tiny_clip_dir: Path) -> ClipSettings:
 @pytest.fixture
 def clip_analyzer(clip_settings: ClipSettings, tmp_path: Path) -> ClipAnalyzer:
     """A ClipAnalyzer over the tiny CLIP, caching label embeddings under tmp_path/cache."""
+    from daemon.analysis.clip import ClipAnalyzer
+
     return ClipAnalyzer(clip_settings, tmp_path / "cache")

@@ -22,14 +22,9 @@ from daemon.analysis.cache import (
     model_identity,
     save_embeddings,
 )
-from daemon.analysis.clip import (
-    ClipAnalyzer,
-    ClipUnavailableError,
-    features,
-    resolve_device,
-    top_labels,
-)
+from daemon.analysis.clip import ClipAnalyzer, ClipUnavailableError, clip_input, top_labels
 from daemon.analysis.labels import DEFAULT_TABLES, label_tables
+from daemon.analysis.loading import features, resolve_device
 from daemon.config import ClipSettings, LabelSettings
 from daemon.errors import ConfigError, TransientError
 from daemon.jobs import Analysis
@@ -142,6 +137,19 @@ def test_top_labels_best_first_with_ties_in_table_order() -> None:
     assert [(s.label, s.score) for s in ranked] == [("b", 0.4), ("a", 0.2), ("c", 0.2)]
 
 
+def test_clip_input_trims_extreme_panoramas_to_their_middle() -> None:
+    """A 10x1000 strip keeps its middle 10x80; ordinary images pass through as RGB."""
+    strip = Image.new("RGB", (10, 1000), (0, 0, 0))
+    strip.paste((255, 255, 255), (0, 460, 10, 540))
+    trimmed = clip_input(strip)
+    assert trimmed.size == (10, 80)
+    assert trimmed.getextrema() == ((255, 255), (255, 255), (255, 255))
+    assert clip_input(Image.new("RGB", (1000, 20))).size == (160, 20)
+    photo = Image.new("RGB", (300, 200))
+    assert clip_input(photo) is photo
+    assert clip_input(Image.new("L", (30, 20))).mode == "RGB"
+
+
 def test_features_accepts_tensor_and_output_object_of_right_width() -> None:
     """Both transformers 4 (tensor) and 5 (output object) feature results are understood."""
     tensor = torch.ones(2, 4)
@@ -222,21 +230,26 @@ def test_clip_analyzer_scores_are_a_softmax_within_each_table(
 def test_clip_analyzer_matches_seed_full_model_call(
     clip_analyzer: ClipAnalyzer, tiny_clip_dir: Path
 ) -> None:
-    """The scores equal seed 000's logits_per_image.softmax from a full CLIPModel call per table."""
+    """Scores equal seed 000's logits_per_image.softmax from a full CLIPModel call per table.
+
+    The second image is a 1:12 strip, which the analyzer trims to its middle first.
+    """
     from transformers import AutoImageProcessor, CLIPModel, CLIPTokenizer
 
-    image = images()[0]
-    (ours,) = clip_analyzer.analyze([image])
     model = CLIPModel.from_pretrained(tiny_clip_dir, local_files_only=True).eval()
     tokenizer = CLIPTokenizer.from_pretrained(tiny_clip_dir)
-    pixels = AutoImageProcessor.from_pretrained(tiny_clip_dir)(images=image, return_tensors="pt")
-    for name, labels in DEFAULT_TABLES.items():
-        text = tokenizer(list(labels), padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            out = model(pixel_values=pixels["pixel_values"], **text)
-        probs = out.logits_per_image.softmax(dim=1)[0]
-        seed = {labels[int(i)]: float(probs[i]) for i in torch.topk(probs, k=3).indices}
-        assert as_scores(ours)[name] == pytest.approx(seed, abs=2e-4)
+    processor = AutoImageProcessor.from_pretrained(tiny_clip_dir)
+    strip = Image.linear_gradient("L").resize((16, 192)).convert("RGB")
+    for image in (images()[0], strip):
+        (ours,) = clip_analyzer.analyze([image])
+        pixels = processor(images=image, return_tensors="pt")["pixel_values"]
+        for name, labels in DEFAULT_TABLES.items():
+            text = tokenizer(list(labels), padding=True, return_tensors="pt")
+            with torch.inference_mode():
+                out = model(pixel_values=pixels, **text)
+            probs = out.logits_per_image.softmax(dim=1)[0]
+            seed = {labels[int(i)]: float(probs[i]) for i in torch.topk(probs, k=3).indices}
+            assert as_scores(ours)[name] == pytest.approx(seed, abs=2e-4)
 
 
 def test_clip_analyzer_batched_equals_one_image_at_a_time(
@@ -250,6 +263,12 @@ def test_clip_analyzer_batched_equals_one_image_at_a_time(
         assert as_scores(together).keys() == as_scores(single).keys()
         for name, scores in as_scores(together).items():
             assert scores == pytest.approx(as_scores(single)[name], abs=2e-4)
+
+
+def test_clip_analyzer_extreme_aspect_image_is_analyzed(clip_analyzer: ClipAnalyzer) -> None:
+    """A 2x20000 strip is scored like any image (its middle), without a huge resize."""
+    (analysis,) = clip_analyzer.analyze([Image.new("RGB", (2, 20000), (200, 200, 0))])
+    assert list(analysis) == list(SEED_TABLE_SIZES)
 
 
 def test_clip_analyzer_no_images_returns_empty_without_loading(

@@ -316,3 +316,13 @@ def test_shipped_config_commented_settings_are_valid_when_enabled(tmp_path):
     assert text != SHIPPED.read_text(encoding="utf-8")
     config = load_config(write(tmp_path / "config.yaml", text), {"HOME": str(tmp_path)})
     assert config.ollama.num_ctx == 4096
+
+
+def test_load_config_under_systemd_uses_its_cache_and_state_directories(tmp_path: Path) -> None:
+    """$CACHE_DIRECTORY and $STATE_DIRECTORY (CacheDirectory=, StateDirectory=) fill unset folders."""
+    path = tmp_path / "config.yaml"
+    path.write_text("inbox: ./inbox\n", encoding="utf-8")
+    environ = {"HOME": str(tmp_path), "CACHE_DIRECTORY": "/var/cache/promptd", "STATE_DIRECTORY": "/var/lib/promptd"}
+    config = load_config(path, environ)
+    assert config.cache_dir == Path("/var/cache/promptd")
+    assert config.state_dir == Path("/var/lib/promptd")

@@ -16,12 +16,12 @@ from collections import Counter
 from collections.abc import Iterable
 from itertools import pairwise
 from pathlib import Path
-
-import torch
-import transformers
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from typing import TYPE_CHECKING
 
 from daemon.analysis.labels import DEFAULT_TABLES
+
+if TYPE_CHECKING:
+    from transformers import CLIPConfig
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
@@ -94,6 +94,8 @@ def default_words() -> list[str]:
 
 def clip_config(vocab: dict[str, int], *, real_shape: bool) -> CLIPConfig:
     """A tiny CLIP, or the ViT-B/32 shape (CLIPConfig's defaults) with our tokenizer's ids."""
+    from transformers import CLIPConfig
+
     ids = {"bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS], "pad_token_id": vocab[EOS]}
     if real_shape:
         return CLIPConfig(text_config=ids)
@@ -121,6 +123,10 @@ def clip_config(vocab: dict[str, int], *, real_shape: bool) -> CLIPConfig:
 
 def build_tiny_clip(folder: Path, *, real_shape: bool = False, seed: int = 0) -> Path:
     """Save a seeded, randomly initialised CLIP with tokenizer and image processor into ``folder``."""
+    import torch
+    import transformers
+    from transformers import CLIPModel, CLIPTokenizer
+
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = tokenizer_files(default_words())
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")

@@ -1,8 +1,9 @@
-"""CLIP zero-shot analysis: label tables (labels), their text-embedding cache (cache), the model (clip)."""
+"""CLIP zero-shot analysis.
 
-from __future__ import annotations
+- ``labels``: the label tables (seed 000's five built in, extended or replaced by config).
+- ``cache``: label text embeddings on disk, keyed by model and labels.
+- ``loading``: loading the model, tokenizer and image processor; ClipUnavailableError.
+- ``clip``: ``ClipAnalyzer``, which scores images against the tables.
 
-from .clip import ClipAnalyzer, ClipUnavailableError
-from .labels import DEFAULT_TABLES, label_tables
-
-__all__ = ["DEFAULT_TABLES", "ClipAnalyzer", "ClipUnavailableError", "label_tables"]
+Nothing is imported here, so ``daemon.analysis.labels`` can be used without loading torch.
+"""

@@ -15,33 +15,36 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import torch
 from PIL import Image
-from safetensors import SafetensorError
 
 from ..config import ClipSettings
-from ..errors import ConfigError, TransientError
+from ..errors import ConfigError
 from ..jobs import Analysis, Scored
 from .cache import cache_key, load_embeddings, model_identity, save_embeddings
 from .labels import LabelTables, label_tables
+from .loading import (
+    ClipUnavailableError,
+    dimensions,
+    features,
+    load_model,
+    load_tokenizer,
+    move_to,
+    resolve_device,
+)
 
 if TYPE_CHECKING:
     from transformers import CLIPModel, PreTrainedTokenizerBase
 
+__all__ = ["ClipAnalyzer", "ClipUnavailableError", "clip_input", "top_labels"]
+
 log = structlog.get_logger(__name__)
 
-# What from_pretrained raises for a missing, partial or damaged model (no network, no cache,
-# a folder without weights, a corrupt safetensors or config file).
-_LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError)
-_MIN_VOCAB = 256  # a byte-level BPE knows at least every byte
 _TEXT_CHUNK = 256  # labels per text-encoder pass when (re)building the cache
-
-
-class ClipUnavailableError(TransientError):
-    """The CLIP model cannot be loaded or run right now (missing weights, no network, no GPU)."""
+MAX_ASPECT = 8  # longer images are trimmed to their middle before preprocessing
 
 
 @dataclass(frozen=True)
@@ -56,62 +59,29 @@ class _Loaded:
     logit_scale: float
 
 
-def resolve_device(requested: str, cuda_available: bool) -> str:
-    """The torch device for ``clip.device``: auto picks cuda when there is one, else cpu."""
-    name = requested.strip().lower()
-    if name == "auto":
-        return "cuda" if cuda_available else "cpu"
-    if name == "cpu":
-        return "cpu"
-    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
-        if not cuda_available:
-            raise ClipUnavailableError(
-                f"clip.device is {requested!r} but torch sees no CUDA device: "
-                "set clip.device to auto or cpu in config.yaml, or install a CUDA build of torch"
-            )
-        return name
-    raise ConfigError(f"clip.device {requested!r} is not one of auto, cpu, cuda, cuda:N")
-
-
-def looks_like_path(model: str) -> bool:
-    """True when ``clip.model`` names a folder rather than a hub id such as ``org/name``."""
-    return (
-        model.startswith(("/", ".", "~"))
-        or "\\" in model
-        or model.count("/") > 1
-        or Path(model).is_absolute()
-    )
-
-
 def top_labels(labels: Sequence[str], probs: Sequence[float], k: int) -> tuple[Scored, ...]:
     """The ``k`` most probable labels, best first (ties keep table order), scores to 4 places."""
     order = sorted(range(len(labels)), key=lambda i: -probs[i])[:k]
     return tuple(Scored(labels[i], round(float(probs[i]), 4)) for i in order)
 
 
-def features(output: object, width: int) -> torch.Tensor:
-    """The projected embeddings from get_text_features/get_image_features.
+def clip_input(image: Image.Image, max_ratio: int = MAX_ASPECT) -> Image.Image:
+    """The image as RGB; of an extreme panorama only the middle, ``max_ratio`` times as long as wide.
 
-    transformers < 5 returns a tensor; 5.x returns an output object whose ``pooler_output``
-    holds the projection. Anything else of the wrong width means an incompatible version.
+    CLIP's preprocessing scales the short side to the model's size and keeps the centre square,
+    so trimming the far ends changes nothing it sees, but stops a 2x100000 image from being
+    resized to a multi-gigabyte array first.
     """
-    found = output if isinstance(output, torch.Tensor) else None
-    for name in ("text_embeds", "image_embeds", "pooler_output"):
-        value = getattr(output, name, None)
-        if found is None and isinstance(value, torch.Tensor):
-            found = value
-    if found is None or found.ndim != 2 or found.shape[-1] != width:
-        raise ClipUnavailableError(
-            f"this transformers version returned CLIP features of an unexpected shape "
-            f"({type(output).__name__}); install transformers >= 4.45"
-        )
-    return found
-
-
-def _dimensions(model: CLIPModel) -> tuple[int, int]:
-    """The embedding width (projection_dim) and the longest label in tokens the model takes."""
-    config: Any = model.config
-    return int(config.projection_dim), int(config.text_config.max_position_embeddings)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    width, height = rgb.size
+    keep = min(width, height) * max_ratio
+    if width > keep:
+        left = (width - keep) // 2
+        return rgb.crop((left, 0, left + keep, height))
+    if height > keep:
+        top = (height - keep) // 2
+        return rgb.crop((0, top, width, top + keep))
+    return rgb
 
 
 def _normalized(embeddings: torch.Tensor) -> torch.Tensor:
@@ -139,6 +109,7 @@ class ClipAnalyzer:
         self._lock = threading.RLock()
         self._state: _Loaded | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to share
         self.text_embeddings_computed = 0  # label sets encoded by the model, not read from cache
 
     @property
@@ -185,7 +156,9 @@ class ClipAnalyzer:
 
     def count_tokens(self, text: str) -> int:
         """CLIP tokens in ``text`` without the start/end markers (needs only the tokenizer)."""
-        return len(self._ensure_tokenizer().tokenize(text))
+        tokenizer = self._ensure_tokenizer()
+        with self._tokenizer_lock:
+            return len(tokenizer.tokenize(text))
 
     def analyze(self, images: Sequence[Image.Image]) -> list[Analysis]:
         """Per image, each table's top ``clip.labels.top_k`` labels with softmax scores."""
@@ -196,10 +169,7 @@ class ClipAnalyzer:
         size = self._settings.batch_size
         results: list[Analysis] = []
         for start in range(0, len(images), size):
-            chunk = [
-                img if img.mode == "RGB" else img.convert("RGB")
-                for img in images[start : start + size]
-            ]
+            chunk = [clip_input(img) for img in images[start : start + size]]
             pixels = state.processor(images=chunk, return_tensors="pt")["pixel_values"]
             probs = {name: p.tolist() for name, p in self._score(state, pixels).items()}
             for row in range(len(chunk)):
@@ -216,49 +186,13 @@ class ClipAnalyzer:
     def _gpu(self) -> contextlib.AbstractContextManager[object]:
         return self._gpu_lock if self._gpu_lock is not None else contextlib.nullcontext()
 
-    def _source(self) -> tuple[str, bool]:
-        """What to pass to from_pretrained, and whether to stay off the network."""
-        model = self._settings.model
-        folder = Path(model).expanduser()
-        if folder.is_dir():
-            return str(folder), True
-        if looks_like_path(model):
-            raise ClipUnavailableError(
-                f"CLIP model folder {model!r} does not exist: set clip.model in config.yaml to a "
-                "folder saved with save_pretrained (config.json, model.safetensors, tokenizer and "
-                "preprocessor files) or to a hub id such as openai/clip-vit-base-patch32",
-                folder,
-            )
-        return model, self._settings.offline
-
-    def _unavailable(self, exc: BaseException) -> ClipUnavailableError:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        folder = Path(self._settings.model).expanduser()
-        return ClipUnavailableError(
-            f"CLIP model {self._settings.model!r} could not be loaded ({reason}): set clip.model "
-            "in config.yaml to a local folder with the weights, or allow the download once "
-            "(clip.offline: false, with network access)",
-            folder if folder.is_dir() else None,
-        )
-
     def _ensure_tokenizer(self) -> PreTrainedTokenizerBase:
         tokenizer = self._tokenizer
         if tokenizer is not None:
             return tokenizer
         with self._lock:
             if self._tokenizer is None:
-                from transformers import CLIPTokenizer
-
-                source, local_only = self._source()
-                try:
-                    loaded = CLIPTokenizer.from_pretrained(source, local_files_only=local_only)
-                except _LOAD_ERRORS as exc:
-                    raise self._unavailable(exc) from exc
-                if len(loaded) < _MIN_VOCAB:  # transformers 5 builds an empty one from no files
-                    raise self._unavailable(
-                        OSError("no tokenizer vocabulary (vocab.json/tokenizer.json) found")
-                    )
-                self._tokenizer = loaded
+                self._tokenizer = load_tokenizer(self._settings)
             return self._tokenizer
 
     def _ensure_loaded(self) -> _Loaded:
@@ -271,29 +205,13 @@ class ClipAnalyzer:
             return self._state
 
     def _load(self) -> _Loaded:
-        from transformers import AutoImageProcessor, CLIPModel
-
         started = time.perf_counter()
         device = resolve_device(self._settings.device, torch.cuda.is_available())
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        source, local_only = self._source()
-        try:
-            model = CLIPModel.from_pretrained(source, dtype=dtype, local_files_only=local_only)
-            processor = cast(Any, AutoImageProcessor).from_pretrained(
-                source, local_files_only=local_only
-            )
-        except _LOAD_ERRORS as exc:
-            raise self._unavailable(exc) from exc
-        cast(Any, model).eval().requires_grad_(False)
+        model, processor = load_model(self._settings, dtype)
         tokenizer = self._ensure_tokenizer()
         with self._gpu():
-            try:
-                cast(Any, model).to(device=device, dtype=dtype)
-            except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
-                raise ClipUnavailableError(
-                    f"CLIP could not be moved to {device} ({exc}): free GPU memory or set "
-                    "clip.device to cpu in config.yaml"
-                ) from exc
+            move_to(model, device, dtype)
             text = self._label_embeddings(model, tokenizer, device, dtype)
         log.info(
             "clip_loaded",
@@ -303,9 +221,8 @@ class ClipAnalyzer:
             tables=len(text),
             seconds=round(time.perf_counter() - started, 2),
         )
-        return _Loaded(
-            model, processor, device, dtype, text, float(model.logit_scale.detach().exp())
-        )
+        scale = float(model.logit_scale.detach().exp())
+        return _Loaded(model, processor, device, dtype, text, scale)
 
     def _label_embeddings(
         self, model: CLIPModel, tokenizer: PreTrainedTokenizerBase, device: str, dtype: torch.dtype
@@ -331,16 +248,17 @@ class ClipAnalyzer:
         labels: Sequence[str],
         device: str,
     ) -> torch.Tensor:
-        width, max_length = _dimensions(model)
+        width, max_length = dimensions(model)
         parts = []
         for start in range(0, len(labels), _TEXT_CHUNK):
-            tokens = tokenizer(
-                list(labels[start : start + _TEXT_CHUNK]),
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
+            with self._tokenizer_lock:
+                tokens = tokenizer(
+                    list(labels[start : start + _TEXT_CHUNK]),
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                )
             with torch.inference_mode():
                 output = model.get_text_features(
                     input_ids=tokens["input_ids"].to(device),
@@ -353,7 +271,7 @@ class ClipAnalyzer:
 
     def _score(self, state: _Loaded, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """One vision forward for the chunk; per table, softmax probabilities on the CPU."""
-        width = _dimensions(state.model)[0]
+        width = dimensions(state.model)[0]
         with self._gpu():
             try:
                 with torch.inference_mode():
