@@ -44,6 +44,9 @@ def configure_logging(
     # Libraries that log every HTTP request or weight file would drown the one line per image.
     for noisy in ("httpx", "httpcore", "urllib3", "filelock", "watchdog", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The hub client logs each retry of each file; promptd reports the outcome once itself.
+    for chatty in ("huggingface_hub", "transformers"):
+        logging.getLogger(chatty).setLevel(logging.ERROR)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from fnmatch import fnmatchcase
+import re
+from collections.abc import Callable, Iterable
+from fnmatch import translate
+from functools import lru_cache
 
 # Hidden files, editors' and browsers' partial downloads, sync tools' temp names, NAS metadata.
 IGNORED_PATTERNS: tuple[str, ...] = (
@@ -25,4 +27,12 @@ IGNORED_PATTERNS: tuple[str, ...] = (
 
 def is_ignored_name(name: str, extra: Iterable[str] = ()) -> bool:
     """True for hidden, temporary and partial names (``.syncthing.x.tmp``, ``x.part``, ``@eaDir``)."""
-    return any(fnmatchcase(name, pattern) for pattern in (*IGNORED_PATTERNS, *extra))
+    return _matcher(tuple(extra))(name) is not None
+
+
+@lru_cache(maxsize=16)
+def _matcher(extra: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    """One regex for every pattern (what ``fnmatchcase`` does one pattern at a time): scans
+    call this for every name in the tree."""
+    patterns = (*IGNORED_PATTERNS, *extra)
+    return re.compile("|".join(f"(?:{translate(p)})" for p in patterns)).match

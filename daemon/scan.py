@@ -41,9 +41,10 @@ def _pending_in_folder(
         yield from images  # the worker records why (held, vanished)
         return
     extensions = ctx.config.images.extensions
+    index = sidecar.index_folder(names, extensions)
     for path in images:
         txt_name, json_name = sidecar.sidecar_names(
-            path.name, rule.settings.naming, names, extensions
+            path.name, rule.settings.naming, index, extensions
         )
         paths = sidecar.SidecarPaths(folder / txt_name, folder / json_name)
         if "json" in rule.settings.outputs and json_name not in names:

@@ -404,6 +404,7 @@ class Service:
                 delay = min(delay * 2, 300.0)
                 continue
             self.ollama_up = True
+            self.ctx.composer.reset()
             self.degraded_seen.clear()
             log.info("ollama_back", action="redoing degraded results")
             self.request_scan(None, redo_degraded=True)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Collection
+from collections import Counter
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,12 +37,14 @@ from .sidecar_doc import (
 
 __all__ = [
     "SCHEMA_ID",
+    "FolderIndex",
     "SidecarPaths",
     "build_error_sidecar",
     "build_sidecar",
     "check_txt_line",
     "dump_sidecar",
     "freshness",
+    "index_folder",
     "is_temp_name",
     "json_is_foreign",
     "plan_txt",
@@ -74,15 +77,43 @@ class SidecarPaths:
 
 
 def _split(name: str) -> tuple[str, str]:
-    """(stem, extension) the way ``Path`` splits them."""
-    path = Path(name)
-    return path.stem, path.suffix
+    """(stem, extension) of a file name the way ``Path.stem``/``Path.suffix`` split it
+    (string operations only: scans call this for every name in a folder)."""
+    i = name.rfind(".")
+    if 0 < i < len(name) - 1:
+        return name[:i], name[i:]
+    return name, ""
+
+
+@dataclass(frozen=True)
+class FolderIndex:
+    """A folder's names indexed once, so each image's sidecar names cost O(1), not O(folder)
+    (a scan of a folder of n images would otherwise take O(n²))."""
+
+    names: frozenset[str]
+    extensions: frozenset[str]  # casefolded image extensions the index was built with
+    stems: Counter[str]  # casefolded stems of the entries named like images
+    whole: Counter[str]  # casefolded names of the entries named like images
+
+
+def index_folder(folder_names: Iterable[str], image_extensions: Collection[str]) -> FolderIndex:
+    """Index a folder's names for ``sidecar_names``."""
+    extensions = frozenset(ext.casefold() for ext in image_extensions)
+    names = frozenset(folder_names)
+    stems: Counter[str] = Counter()
+    whole: Counter[str] = Counter()
+    for name in names:
+        stem, ext = _split(name)
+        if ext.casefold() in extensions:
+            stems[stem.casefold()] += 1
+            whole[name.casefold()] += 1
+    return FolderIndex(names, extensions, stems, whole)
 
 
 def sidecar_names(
     image_name: str,
     naming: Naming,
-    folder_names: Collection[str],
+    folder_names: Collection[str] | FolderIndex,
     image_extensions: Collection[str],
 ) -> tuple[str, str]:
     """(txt name, json name) for ``image_name`` among the names in its folder.
@@ -91,23 +122,24 @@ def sidecar_names(
     never shared: an image uses the filename form when another image in the folder has the
     same stem (a.png + a.jpg) or is named like its stem (a.jpg + a.jpg.png), whatever order
     they arrive in. Stems and extensions are compared case-insensitively, so folders on
-    case-insensitive filesystems are safe too.
+    case-insensitive filesystems are safe too. Pass a ``FolderIndex`` (``index_folder``)
+    when asking for many images of one folder.
     """
-    stem, _ext = _split(image_name)
-    if naming == "stem":
-        extensions = {ext.casefold() for ext in image_extensions}
-        key = stem.casefold()
-        for other in folder_names:
-            if other == image_name:
-                continue
-            other_stem, other_ext = _split(other)
-            if other_ext.casefold() not in extensions:
-                continue
-            if other_stem.casefold() == key or other.casefold() == key:
-                stem = image_name
-                break
-    else:
+    stem, ext = _split(image_name)
+    if naming != "stem":
         stem = image_name
+    else:
+        index = (
+            folder_names
+            if isinstance(folder_names, FolderIndex)
+            else index_folder(folder_names, image_extensions)
+        )
+        key = stem.casefold()
+        own = image_name in index.names and ext.casefold() in index.extensions
+        same_stem = index.stems[key] - own
+        named_like_stem = index.whole[key] - (own and image_name.casefold() == key)
+        if same_stem > 0 or named_like_stem > 0:
+            stem = image_name
     return f"{stem}.txt", f"{stem}.json"
 
 

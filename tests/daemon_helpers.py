@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -220,16 +220,30 @@ class Daemon:
         self._log.close()
 
 
+def _listing(folder: Path) -> list[str]:
+    """The names in ``folder`` ([] when it does not exist)."""
+    try:
+        with os.scandir(folder) as entries:
+            return [entry.name for entry in entries]
+    except FileNotFoundError:
+        return []
+
+
+def _pair(image: Path, listing: list[str] | None = None) -> tuple[Path, Path]:
+    """The .txt and .json of ``image`` under stem naming (filename form on a stem clash)."""
+    names = _listing(image.parent) if listing is None else listing
+    txt, js = sidecar_names(image.name, "stem", names, ImageLimits().extensions)
+    return image.parent / txt, image.parent / js
+
+
 def json_path(image: Path) -> Path:
-    """Where the .json of ``image`` is under stem naming (filename form on a stem clash)."""
-    names = [p.name for p in image.parent.iterdir()] if image.parent.is_dir() else []
-    return image.parent / sidecar_names(image.name, "stem", names, ImageLimits().extensions)[1]
+    """Where the .json of ``image`` is."""
+    return _pair(image)[1]
 
 
 def txt_path(image: Path) -> Path:
-    """Where the .txt of ``image`` is under stem naming (filename form on a stem clash)."""
-    names = [p.name for p in image.parent.iterdir()] if image.parent.is_dir() else []
-    return image.parent / sidecar_names(image.name, "stem", names, ImageLimits().extensions)[0]
+    """Where the .txt of ``image`` is."""
+    return _pair(image)[0]
 
 
 def sidecar_doc(image: Path) -> dict[str, Any] | None:
@@ -237,18 +251,29 @@ def sidecar_doc(image: Path) -> dict[str, Any] | None:
     return read_sidecar(json_path(image))
 
 
+def _statuses(images: Iterable[Path]) -> Iterator[tuple[Path, str | None]]:
+    """Each image's sidecar status (None: no sidecar yet), listing each folder once."""
+    listings: dict[Path, list[str]] = {}
+    for image in images:
+        if image.parent not in listings:
+            listings[image.parent] = _listing(image.parent)
+        doc = read_sidecar(_pair(image, listings[image.parent])[1])
+        yield image, None if doc is None else doc.get("status")
+
+
 def statuses(images: Iterable[Path]) -> dict[Path, str | None]:
     """Each image's sidecar status (None: no sidecar yet)."""
-    result: dict[Path, str | None] = {}
-    for image in images:
-        doc = sidecar_doc(image)
-        result[image] = None if doc is None else doc.get("status")
-    return result
+    return dict(_statuses(images))
+
+
+def count_done(images: Iterable[Path]) -> int:
+    """How many of the images have a sidecar (any status)."""
+    return sum(status is not None for _, status in _statuses(images))
 
 
 def all_have_status(images: Iterable[Path], status: str) -> bool:
-    """True when every image has a sidecar with ``status``."""
-    return all(value == status for value in statuses(images).values())
+    """True when every image has a sidecar with ``status`` (stops at the first that has not)."""
+    return all(value == status for _, value in _statuses(images))
 
 
 def temp_files(root: Path) -> list[Path]:

@@ -517,6 +517,22 @@ def test_server_down_retries_with_backoff_then_degrades(fake_ollama):
     assert "not reachable" in result.degraded_reason and result.attempts == 4
 
 
+def test_server_down_later_images_fall_back_at_once_until_reset(fake_ollama):
+    """After one image used up its retries, the next ones skip Ollama (no waits) until reset()."""
+    sleeps: list[float] = []
+    composer = composer_for(fake_ollama, sleeps, retries=2)
+    fake_ollama.down()
+    compose(composer, "speed")
+    asked = len(fake_ollama.requests)
+    second = compose(composer, "speed")
+    assert sleeps == [0.5, 1.0]
+    assert second.mode == "clip" and "not retried" in second.degraded_reason
+    assert len(fake_ollama.requests) == asked
+    fake_ollama.up()
+    composer.reset()
+    assert compose(composer, "speed").mode == "speed"
+
+
 def test_busy_twice_then_ok_succeeds_after_two_waits(fake_ollama):
     """Two 503s are waited out; the third attempt's answer is used."""
     sleeps: list[float] = []

@@ -322,7 +322,11 @@ def test_load_config_under_systemd_uses_its_cache_and_state_directories(tmp_path
     """$CACHE_DIRECTORY and $STATE_DIRECTORY (CacheDirectory=, StateDirectory=) fill unset folders."""
     path = tmp_path / "config.yaml"
     path.write_text("inbox: ./inbox\n", encoding="utf-8")
-    environ = {"HOME": str(tmp_path), "CACHE_DIRECTORY": "/var/cache/promptd", "STATE_DIRECTORY": "/var/lib/promptd"}
+    environ = {
+        "HOME": str(tmp_path),
+        "CACHE_DIRECTORY": "/var/cache/promptd",
+        "STATE_DIRECTORY": "/var/lib/promptd",
+    }
     config = load_config(path, environ)
     assert config.cache_dir == Path("/var/cache/promptd")
     assert config.state_dir == Path("/var/lib/promptd")

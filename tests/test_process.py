@@ -24,7 +24,11 @@ SIDECAR_SUFFIXES = (".txt", ".json")
 
 
 def write_config(
-    tmp_path: Path, clip_dir: Path, ollama_url: str, *, defaults: dict[str, Any] | None = None,
+    tmp_path: Path,
+    clip_dir: Path,
+    ollama_url: str,
+    *,
+    defaults: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> Path:
     """A config.yaml for a test inbox under tmp_path; fast retries so fault tests stay quick."""
@@ -61,7 +65,8 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 def names(folder: Path, name: str) -> tuple[Path, Path]:
     """The .txt and .json paths of an image under stem naming (filename form on a stem clash)."""
-    txt, js = sidecar_names(name, "stem", os.listdir(folder), ImageLimits().extensions)
+    listing = [p.name for p in folder.iterdir()]
+    txt, js = sidecar_names(name, "stem", listing, ImageLimits().extensions)
     return folder / txt, folder / js
 
 
@@ -113,7 +118,9 @@ def test_process_every_mode_writes_valid_sidecars_and_error_records(
         assert word in doc["error"]["message"]
         assert not names(inbox, name)[0].exists()
     produced = {p.name for p in inbox.iterdir()} - set(before)
-    expected = {names(inbox, n)[1].name for n in [*good, *bad]} | {names(inbox, n)[0].name for n in good}
+    expected = {names(inbox, n)[1].name for n in [*good, *bad]} | {
+        names(inbox, n)[0].name for n in good
+    }
     assert produced == expected
 
 
@@ -131,7 +138,9 @@ def test_process_vision_mode_sends_images_only_to_the_vision_model(
         assert len(request.images()) == 1
 
 
-def test_process_second_run_skips_up_to_date_images(inbox_world: Path, fake_ollama: FakeOllama) -> None:
+def test_process_second_run_skips_up_to_date_images(
+    inbox_world: Path, fake_ollama: FakeOllama
+) -> None:
     """A second run touches nothing: every image is up to date (stat only), no model is asked."""
     inbox = inbox_world.parent / "inbox"
     main(["process", str(inbox), "--config", str(inbox_world), "--no-progress"])
@@ -233,7 +242,9 @@ def test_process_ollama_down_gives_degraded_clip_results(
         doc = sidecar(inbox, name)
         assert doc["status"] == "degraded"
         assert doc["mode"] == "clip" and doc["requested_mode"] == "speed"
-        assert "reach" in doc["degraded_reason"].lower() or "connect" in doc["degraded_reason"].lower()
+        assert (
+            "reach" in doc["degraded_reason"].lower() or "connect" in doc["degraded_reason"].lower()
+        )
         assert names(inbox, name)[0].read_text("utf-8").strip()
 
 
@@ -245,7 +256,9 @@ def test_process_missing_model_names_ollama_pull(
     fake_ollama.missing.add("llama3.2:latest")
     inbox = tmp_path / "inbox"
     make_good_images(inbox)
-    assert main(["process", str(inbox / "scene.png"), "--config", str(config), "--no-progress"]) == 0
+    assert (
+        main(["process", str(inbox / "scene.png"), "--config", str(config), "--no-progress"]) == 0
+    )
     doc = sidecar(inbox, "scene.png")
     assert doc["status"] == "degraded"
     assert "ollama pull llama3.2" in doc["degraded_reason"]
@@ -255,7 +268,9 @@ def test_process_clip_unavailable_still_gives_degraded_results(
     tmp_path: Path, fake_ollama: FakeOllama
 ) -> None:
     """Without CLIP weights, images get a degraded result from their statistics; the reason names clip.model."""
-    config = write_config(tmp_path, tmp_path / "no-such-clip", fake_ollama.url, defaults={"mode": "clip"})
+    config = write_config(
+        tmp_path, tmp_path / "no-such-clip", fake_ollama.url, defaults={"mode": "clip"}
+    )
     inbox = tmp_path / "inbox"
     make_good_images(inbox)
     assert main(["process", str(inbox), "--config", str(config), "--no-progress"]) == 0

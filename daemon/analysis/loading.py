@@ -5,8 +5,12 @@ transformers is imported only when something is loaded, so importing promptd sta
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 import torch
 from safetensors import SafetensorError
@@ -70,7 +74,24 @@ def model_source(settings: ClipSettings) -> tuple[str, bool]:
             "and preprocessor files) or to a hub id such as openai/clip-vit-base-patch32",
             folder,
         )
-    return settings.model, settings.offline
+    return settings.model, settings.offline or not hub_reachable(os.environ)
+
+
+def hub_reachable(environ: Mapping[str, str], timeout_s: float = 3.0) -> bool:
+    """Whether the model hub answers a TCP connect; if not, load from the local cache only.
+
+    Without this check, from_pretrained retries every file with backoff for minutes on a
+    machine with no network before it looks in the cache.
+    """
+    if environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlsplit(environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def unavailable(settings: ClipSettings, exc: BaseException) -> ClipUnavailableError:

@@ -68,11 +68,23 @@ class Composer:
         *,
         sleep: Callable[[float], None] = time.sleep,
         vision_long_side: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+        cooldown_s: float = 30.0,
     ) -> None:
         self._settings = settings
         self._llm = llm
         self._sleep = sleep
         self._long_side = vision_long_side
+        self._clock = clock
+        self._cooldown_s = cooldown_s
+        # Circuit breaker: once retries are used up, later images fall back at once for a
+        # while instead of each waiting through the whole backoff schedule again.
+        self._down_until = 0.0
+        self._down_reason = ""
+
+    def reset(self) -> None:
+        """Ollama answers again (the service checked): stop skipping it."""
+        self._down_until = 0.0
 
     def compose(
         self,
@@ -90,6 +102,9 @@ class Composer:
             return _template(requested, analysis, stats_description, reason, attempts=0)
         if requested == "vision" and image is None:
             reason = "vision mode needs the image, which was not available; used the CLIP template"
+            return _template(requested, analysis, stats_description, reason, attempts=0)
+        if self._clock() < self._down_until:
+            reason = f"{self._down_reason} (not retried: Ollama failed moments ago); used the CLIP template"
             return _template(requested, analysis, stats_description, reason, attempts=0)
         model = str(getattr(self._settings.models, requested))
         schema = format_schema(OUTPUTS[requested])
@@ -118,6 +133,8 @@ class Composer:
                 return self._attempt(llm, request, num_predict, images, analysis, attempts)
             except TransientError as exc:
                 if waits >= self._settings.retries:
+                    self._down_until = self._clock() + self._cooldown_s
+                    self._down_reason = exc.message
                     reason = f"{exc.message} (after {attempts} attempts); used the CLIP template"
                     return _template(request.mode, analysis, stats_description, reason, attempts)
                 delay = self._settings.backoff_s * 2**waits
