@@ -11,8 +11,9 @@ Three paths score the same images against the five default tables:
 - ours, batched: ``ClipAnalyzer.analyze(images)`` in chunks of ``--batch-size``.
 
 A fourth line times preprocessing plus one bare vision forward: no path can do one image in
-less, so seed/that is the ceiling for the unbatched speed-up. Times are medians (per image for the first two, over three runs for the batched one), so a
-burst of load from another process on a shared machine does not decide the ratio.
+less, so seed / that is the ceiling for the unbatched speed-up. Times are medians (per image
+for the timed-in-turns paths, over three runs for the batched one), so a burst of load from
+another process on a shared machine does not decide the ratio.
 
 All three use the same image processor and weights. The goal is ours-unbatched >= 8x the
 seed on CPU. Results are printed and written to bench/results/clip.json.

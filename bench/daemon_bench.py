@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     """Measure, print the table, save the numbers; 0 even when a goal is missed."""
     parser = argparse.ArgumentParser(prog="python -m bench daemon", description=__doc__)
     parser.add_argument("--images", type=int, default=500, help="burst size for (a)")
-    parser.add_argument("--rounds", type=int, default=2, help="turns of (a), best counted")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of (a), best counted")
     parser.add_argument("--drops", type=int, default=50, help="images dropped one by one (b)")
     parser.add_argument("--pause", type=float, default=0.2, help="pause between drops (b)")
     parser.add_argument("--scan-images", type=int, default=100_000, help="tree size for (c)")

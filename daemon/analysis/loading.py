@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -77,6 +78,10 @@ def model_source(settings: ClipSettings) -> tuple[str, bool]:
     return settings.model, settings.offline or not hub_reachable(os.environ)
 
 
+_PROBE_TTL_S = 60.0
+_probes: dict[tuple[str, int], tuple[float, bool]] = {}
+
+
 def hub_reachable(environ: Mapping[str, str], timeout_s: float = 3.0) -> bool:
     """Whether the model hub answers a TCP connect; if not, load from the local cache only.
 
@@ -86,12 +91,17 @@ def hub_reachable(environ: Mapping[str, str], timeout_s: float = 3.0) -> bool:
     if environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
     url = urlsplit(environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    port = url.port or (443 if url.scheme == "https" else 80)
+    address = (url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
+    seen = _probes.get(address)
+    if seen is not None and time.monotonic() - seen[0] < _PROBE_TTL_S:
+        return seen[1]  # the tokenizer and the model load a moment apart: probe once
     try:
-        with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
-            return True
+        with socket.create_connection(address, timeout=timeout_s):
+            reachable = True
     except OSError:
-        return False
+        reachable = False
+    _probes[address] = (time.monotonic(), reachable)
+    return reachable
 
 
 def unavailable(settings: ClipSettings, exc: BaseException) -> ClipUnavailableError:
@@ -125,6 +135,9 @@ def load_tokenizer(settings: ClipSettings) -> PreTrainedTokenizerBase:
 def load_model(settings: ClipSettings, dtype: torch.dtype) -> tuple[CLIPModel, Any]:
     """The CLIP model (in eval mode, on the CPU) and its image processor."""
     from transformers import AutoImageProcessor, CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # keeps the journal clean
 
     source, local_only = model_source(settings)
     try:
