@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import tempfile
@@ -92,22 +93,38 @@ def json_files(folder: Path) -> list[Path]:
 # --- (a) throughput --------------------------------------------------------------------------------
 
 
-def bare_pipeline_s(ctx: Context, sources: Sequence[Path], dest: Path) -> float:
-    """Copy the images into ``dest`` (untimed), then time ``process_batch`` over them."""
+def own_cpu_s() -> float:
+    """CPU seconds this process has used (every thread: the fake server's too)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds process ``pid`` has used (utime + stime from /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bare_pipeline_s(ctx: Context, sources: Sequence[Path], dest: Path) -> tuple[float, float]:
+    """Copy the images into ``dest`` (untimed), then run ``process_batch`` over them:
+    (seconds, CPU seconds)."""
     dest.mkdir(parents=True)
     paths = [Path(shutil.copyfile(src, dest / src.name)) for src in sources]
     batch = ctx.config.clip.batch_size
+    cpu = own_cpu_s()
     started = time.perf_counter()
     for i in range(0, len(paths), batch):
         results = process_batch(paths[i : i + batch], ctx)
         assert all(r.outcome == "ok" for r in results), [r.reason for r in results]
-    return time.perf_counter() - started
+    return time.perf_counter() - started, own_cpu_s() - cpu
 
 
-def daemon_burst_s(daemon: Daemon, sources: Sequence[Path], dest: Path) -> float:
-    """Copy the images into a new folder of the watched inbox; seconds until the last .json."""
+def daemon_burst_s(daemon: Daemon, sources: Sequence[Path], dest: Path) -> tuple[float, float]:
+    """Copy the images into a new folder of the watched inbox: (seconds until the last .json,
+    CPU seconds of the daemon and of this process, which copies and serves the fake model)."""
     dest.mkdir()
     time.sleep(0.5)  # the new folder's watch is in place before the clock starts
+    cpu = own_cpu_s() + process_cpu_s(daemon.pid)
     started = time.time()
     for src in sources:
         shutil.copyfile(src, dest / src.name)
@@ -117,8 +134,9 @@ def daemon_burst_s(daemon: Daemon, sources: Sequence[Path], dest: Path) -> float
         "the daemon to finish the burst",
     )
     assert daemon.alive(), daemon.tail()
+    used = own_cpu_s() + process_cpu_s(daemon.pid) - cpu
     last = max(p.stat().st_mtime_ns for p in json_files(dest)) / 1e9
-    return last - started
+    return last - started, used
 
 
 # --- (b) latency -----------------------------------------------------------------------------------
@@ -275,14 +293,19 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             lat = latencies_s(daemon, tmp / "watched" / "drops", args.drops, args.pause)
         finally:
             daemon.stop()
+        bare_s, daemon_s = min(s for s, _ in bare), min(s for s, _ in served)
+        bare_cpu, daemon_cpu = min(c for _, c in bare), min(c for _, c in served)
         result["throughput"] = {
             "images": args.images,
             "rounds": args.rounds,
-            "bare_s": [round(s, 3) for s in bare],
-            "daemon_s": [round(s, 3) for s in served],
-            "overhead_pct": round((min(served) / min(bare) - 1) * 100, 1),
-            "bare_images_per_s": round(args.images / min(bare), 1),
-            "daemon_images_per_s": round(args.images / min(served), 1),
+            "bare_s": [round(s, 3) for s, _ in bare],
+            "daemon_s": [round(s, 3) for s, _ in served],
+            "bare_cpu_s": [round(c, 2) for _, c in bare],
+            "daemon_cpu_s": [round(c, 2) for _, c in served],
+            "overhead_pct": round((daemon_s / bare_s - 1) * 100, 1),
+            "cpu_overhead_pct": round((daemon_cpu / bare_cpu - 1) * 100, 1),
+            "bare_images_per_s": round(args.images / bare_s, 1),
+            "daemon_images_per_s": round(args.images / daemon_s, 1),
         }
         result["latency"] = {
             "images": len(lat),
@@ -381,7 +404,9 @@ def report(result: Mapping[str, Any]) -> str:
         f"{env['cpus']} CPUs",
         f"{'measure':<40}{'result':<42}{'goal':<15}met",
         *(f"{a:<40}{b:<42}{c:<15}{'yes' if d else 'NO'}" for a, b, c, d in rows),
-        f"(a) per round: daemon {t['daemon_s']} s, bare {t['bare_s']} s (best of each compared)",
+        f"(a) per round: daemon {t['daemon_s']} s, bare {t['bare_s']} s (best of each compared); "
+        f"CPU: daemon {t['daemon_cpu_s']} s, bare {t['bare_cpu_s']} s "
+        f"({t['cpu_overhead_pct']:+.1f}%)",
         f"(c) tree: {scan['folders']} folders, {scan['files']:,} files, built in "
         f"{scan['build_s']} s; pending found: {scan['pending']}",
         f"(d) backlog images done during the {mem['sample_s']} s sample: "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from .errors import ConfigError, ImageError, PromptdError
 from .jobs import Analysis, Composition, EffectiveRule, LoadedImage, Result
 from .names import is_ignored_name
 from .rules import RuleResolver, fingerprint_for
-from .treewalk import scan
+from .treewalk import is_ignored_path, scan
 
 log = structlog.get_logger("promptd.pipeline")
 _T = TypeVar("_T")
@@ -85,19 +86,14 @@ def admit(
     if not is_candidate(path, config):
         return Result(path, "skipped", "not an image name promptd handles")
     root = ctx.rules.root_of(path)
-    if root is None:
-        return Result(path, "skipped", "outside every inbox (or a symlink leading out of it)")
-    try:
-        relative = path.resolve().relative_to(root)
-    except ValueError:  # a symlink that resolves outside the root
-        return Result(path, "skipped", "outside every inbox (or a symlink leading out of it)")
-    if any(is_ignored_name(part, config.images.ignore) for part in relative.parts):
-        return Result(path, "skipped", "inside an ignored folder")
+    real = path.parent.resolve() / path.name  # the folders as they are; the file itself unresolved
+    if root is None or is_ignored_path(real, root, extra=config.images.ignore):
+        return Result(path, "skipped", "outside every inbox, or inside an ignored folder")
     try:
         st = path.stat(follow_symlinks=False)
     except FileNotFoundError:
         return Result(path, "skipped", "file vanished")
-    if not _is_regular(st):
+    if not stat.S_ISREG(st.st_mode):  # symlinks are never followed
         return Result(path, "skipped", "not a regular file")
     try:
         rule = ctx.rules.resolve(path)
@@ -119,12 +115,6 @@ def admit(
         if state == "fresh" or (state == "degraded" and not redo_degraded):
             return Result(path, "skipped", f"up to date ({state})")
     return Admitted(path, st, rule, paths, previous)
-
-
-def _is_regular(st: os.stat_result) -> bool:
-    import stat as stat_mod
-
-    return stat_mod.S_ISREG(st.st_mode)
 
 
 def _with_mode(rule: EffectiveRule, mode: Mode, config: Config) -> EffectiveRule:

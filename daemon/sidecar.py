@@ -146,7 +146,7 @@ def sidecar_names(
 def _folder_names(folder: Path) -> list[str]:
     """The names in ``folder``; none when it is gone."""
     try:
-        return [entry.name for entry in folder.iterdir()]
+        return os.listdir(folder)  # noqa: PTH208 - names only: no Path per entry (per image)
     except FileNotFoundError:
         return []
 

@@ -62,7 +62,7 @@ def daemon_config(tmp: Path, clip_dir: Path, ollama_url: str, **overrides: Any) 
 
 
 def chats(fake: FakeOllama) -> int:
-    """Model requests the fake server has answered (preloads, which have no messages, excluded)."""
+    """Model requests the fake server has received (preloads, which have no messages, excluded)."""
     return sum(1 for body in fake.bodies("/api/chat") if body.get("messages"))
 
 

@@ -6,9 +6,9 @@ import errno
 import hashlib
 import json
 import os
-import resource
-import signal
-from collections.abc import Iterator
+import subprocess
+import sys
+import textwrap
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -138,19 +138,6 @@ def loaded(tmp_path: Path) -> LoadedImage:
     return make_image(tmp_path / "photo.png")
 
 
-@pytest.fixture
-def small_file_limit() -> Iterator[int]:
-    """Lower RLIMIT_FSIZE to 1 KiB (writes beyond fail with EFBIG), restoring it afterwards."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))
-    try:
-        yield 1024
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
-
-
 def listing(folder: Path) -> list[str]:
     """Names in ``folder``, sorted."""
     return sorted(entry.name for entry in folder.iterdir())
@@ -249,16 +236,32 @@ def test_write_atomic_existing_file_is_replaced(tmp_path: Path) -> None:
     assert listing(tmp_path) == ["photo.json"]
 
 
-def test_write_atomic_failure_mid_write_keeps_the_old_file_and_no_temp(
-    tmp_path: Path, small_file_limit: int
-) -> None:
+def test_write_atomic_failure_halfway_keeps_the_old_file_and_no_temp(tmp_path: Path) -> None:
     """A write that fails halfway (file too large) leaves the old file and no temp behind."""
     target = tmp_path / "photo.json"
     target.write_bytes(b"old")
-    with pytest.raises(TransientError) as caught:
-        write_atomic(target, b"x" * (small_file_limit * 4))
-    assert caught.value.path == target
-    assert isinstance(caught.value.__cause__, OSError)
+    # RLIMIT_FSIZE applies to the whole process (pytest's own output included), so the
+    # failing write runs in a child process with the limit lowered to 1 KiB.
+    child = textwrap.dedent(
+        f"""
+        import resource, signal, sys
+        from pathlib import Path
+        from daemon.atomic import write_atomic
+        from daemon.errors import TransientError
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+        try:
+            write_atomic(Path({str(target)!r}), b"x" * 4096)
+        except TransientError as exc:
+            ok = exc.path == Path({str(target)!r}) and isinstance(exc.__cause__, OSError)
+            sys.exit(0 if ok else 3)
+        sys.exit(4)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
     assert target.read_bytes() == b"old"
     assert listing(tmp_path) == ["photo.json"]
 
