@@ -111,7 +111,7 @@ def admit(
             "or set naming to the other form in a .promptd.yaml",
         )
     if not force:
-        state = freshness_of(paths, previous, st, rule)
+        state = freshness_of(paths.txt, previous, st, rule)
         if state == "fresh" or (state == "degraded" and not redo_degraded):
             return Result(path, "skipped", f"up to date ({state})")
     return Admitted(path, st, rule, paths, previous)
@@ -123,7 +123,7 @@ def _with_mode(rule: EffectiveRule, mode: Mode, config: Config) -> EffectiveRule
 
 
 def freshness_of(
-    paths: sidecar.SidecarPaths,
+    txt_path: str | os.PathLike[str],
     previous: dict[str, Any] | None,
     st: os.stat_result,
     rule: EffectiveRule,
@@ -133,7 +133,7 @@ def freshness_of(
         return "stale" if previous is None else sidecar.freshness(previous, st, rule.fingerprint)
     # Without a .json there is no record of settings: a .txt newer than the image counts.
     try:
-        return "fresh" if paths.txt.stat().st_mtime_ns >= st.st_mtime_ns else "stale"
+        return "fresh" if Path(txt_path).stat().st_mtime_ns >= st.st_mtime_ns else "stale"
     except FileNotFoundError:
         return "stale"
 

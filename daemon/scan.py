@@ -4,19 +4,21 @@ The filesystem is the truth: an image whose sidecars are missing or out of date 
 Each folder is listed once and its rule resolved once; an image whose .json records the same
 size, mtime and rule fingerprint is passed over on a stat, without hashing or decoding it.
 The freshness test is the pipeline's own (`freshness_of`), so the scan and the worker agree.
+Names stay strings until an image turns out to be pending: a scan of 100,000 up-to-date
+images is bounded by reading their small .json files.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from itertools import groupby
 from pathlib import Path
 
 from . import sidecar
-from .errors import ConfigError
-from .pipeline import Context, freshness_of, is_candidate
-from .treewalk import scan
+from .errors import PromptdError
+from .names import is_ignored_name
+from .pipeline import Context, freshness_of
+from .treewalk import walk_folders
 
 
 def pending_images(root: Path, ctx: Context, *, redo_degraded: bool) -> Iterator[Path]:
@@ -25,36 +27,44 @@ def pending_images(root: Path, ctx: Context, *, redo_degraded: bool) -> Iterator
     Images held by an invalid rule file are yielded too, so the worker records them as held
     and `promptd status` shows the folder.
     """
-    config = ctx.config
-    found = scan(root, is_candidate=lambda p: is_candidate(p, config), ignore=config.images.ignore)
-    for folder, group in groupby(found, key=lambda p: p.parent):
-        yield from _pending_in_folder(folder, list(group), ctx, redo_degraded)
+    limits = ctx.config.images
+    extensions = tuple(ext.lower() for ext in limits.extensions)
+    for folder, files in walk_folders(root, ignore=limits.ignore):
+        images = [
+            entry
+            for entry in files
+            if entry.name.lower().endswith(extensions)
+            and not is_ignored_name(entry.name, limits.ignore)
+        ]
+        if images:
+            yield from _pending_in_folder(folder, images, files, ctx, redo_degraded)
 
 
 def _pending_in_folder(
-    folder: Path, images: list[Path], ctx: Context, redo_degraded: bool
+    folder: str,
+    images: list[os.DirEntry[str]],
+    files: list[os.DirEntry[str]],
+    ctx: Context,
+    redo_degraded: bool,
 ) -> Iterator[Path]:
     try:
-        rule = ctx.rules.resolve(images[0])
-        names = set(os.listdir(folder))  # noqa: PTH208 - names only, no Path per entry
-    except (ConfigError, OSError):
-        yield from images  # the worker records why (held, vanished)
+        rule = ctx.rules.resolve(Path(images[0].path))
+    except PromptdError:
+        yield from (Path(entry.path) for entry in images)  # the worker records why (held)
         return
-    extensions = ctx.config.images.extensions
-    index = sidecar.index_folder(names, extensions)
-    for path in images:
-        txt_name, json_name = sidecar.sidecar_names(
-            path.name, rule.settings.naming, index, extensions
-        )
-        paths = sidecar.SidecarPaths(folder / txt_name, folder / json_name)
-        if "json" in rule.settings.outputs and json_name not in names:
-            yield path
+    names = {entry.name for entry in files}
+    index = sidecar.index_folder(names, ctx.config.images.extensions)
+    wants_json = "json" in rule.settings.outputs
+    for entry in images:
+        txt_name, json_name = sidecar.sidecar_names(entry.name, rule.settings.naming, index, ())
+        if wants_json and json_name not in names:
+            yield Path(entry.path)
             continue
         try:
-            st = path.stat(follow_symlinks=False)
+            st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        previous = sidecar.read_sidecar(paths.json) if json_name in names else None
-        state = freshness_of(paths, previous, st, rule)
+        previous = sidecar.read_sidecar(f"{folder}/{json_name}") if json_name in names else None
+        state = freshness_of(f"{folder}/{txt_name}", previous, st, rule)
         if state == "stale" or (state == "degraded" and redo_degraded):
-            yield path
+            yield Path(entry.path)

@@ -29,6 +29,43 @@ def is_ignored_path(path: Path, root: Path, *, extra: Sequence[str] = ()) -> boo
     return name != RULE_FILE and is_ignored_name(name, extra)
 
 
+def walk_folders(
+    root: Path,
+    *,
+    ignore: Sequence[str] = (),
+    on_error: Callable[[OSError], None] | None = None,
+) -> Iterator[tuple[str, list[os.DirEntry[str]]]]:
+    """Each folder below `root` (depth first) with its regular files, as `os.scandir` gives them.
+
+    Ignored folder names are pruned without a stat; symlinks are neither listed nor followed;
+    a folder that cannot be read is reported to `on_error` and skipped. Works on strings and
+    `DirEntry` objects only, so a scan of 100,000 files builds no `Path` per entry.
+    """
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        files: list[os.DirEntry[str]] = []
+        subfolders: list[str] = []
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            if not is_ignored_name(entry.name, ignore):
+                                subfolders.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            files.append(entry)
+                    except OSError as exc:  # the entry vanished or cannot be stat'ed
+                        if on_error is not None:
+                            on_error(exc)
+        except OSError as exc:
+            if on_error is not None:
+                on_error(exc)
+            continue
+        stack.extend(reversed(subfolders))
+        yield folder, files
+
+
 def scan(
     root: Path,
     *,
@@ -38,41 +75,16 @@ def scan(
     on_error: Callable[[OSError], None] | None = None,
 ) -> Iterator[Path]:
     """Every candidate file below `root` (and every rule file, with `rule_files`), depth
-    first, using `os.scandir` only.
-
-    Ignored names are pruned without a stat; symlinks (files or folders) are neither yielded
-    nor followed; a folder that cannot be read is reported to `on_error` and skipped. The
-    caller decides which of the yielded paths are out of date.
-    """
-    stack = [str(root)]
-    while stack:
-        folder = stack.pop()
-        try:
-            with os.scandir(folder) as entries:
-                subfolders = []
-                for entry in entries:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            if not is_ignored_name(entry.name, ignore):
-                                subfolders.append(entry.path)
-                        elif entry.is_file(follow_symlinks=False):
-                            if entry.name == RULE_FILE:
-                                if rule_files:
-                                    yield Path(entry.path)
-                                continue
-                            if is_ignored_name(entry.name, ignore):
-                                continue
-                            path = Path(entry.path)
-                            if is_candidate(path):
-                                yield path
-                    except OSError as exc:  # the entry vanished or cannot be stat'ed
-                        if on_error is not None:
-                            on_error(exc)
-        except OSError as exc:
-            if on_error is not None:
-                on_error(exc)
-            continue
-        stack.extend(reversed(subfolders))
+    first; see `walk_folders` for what is pruned. The caller decides what is out of date."""
+    for _folder, files in walk_folders(root, ignore=ignore, on_error=on_error):
+        for entry in files:
+            if entry.name == RULE_FILE:
+                if rule_files:
+                    yield Path(entry.path)
+            elif not is_ignored_name(entry.name, ignore):
+                path = Path(entry.path)
+                if is_candidate(path):
+                    yield path
 
 
 def count_folders(root: Path) -> int:
