@@ -13,10 +13,7 @@ import queue
 import signal
 import threading
 import time
-from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,19 +32,11 @@ from .jobs import Result
 from .pipeline import Context, Prepared, finish_batch, is_candidate, prepare_batch
 from .scan import pending_images
 from .sdnotify import Notifier, watchdog_interval
-from .state import HeldFolder, LastError, ServiceState, service_state_path, write_state
+from .state import OllamaState, service_state_path, write_state
+from .tally import Tally
 from .watcher import Watcher
 
 log = structlog.get_logger("promptd.service")
-
-
-@dataclass
-class Counters:
-    """What the service has done since it started (read by the status file)."""
-
-    outcomes: Counter[str]
-    held: dict[str, str]  # folder -> problem
-    last_error: dict[str, Any] | None = None
 
 
 class Service:
@@ -61,11 +50,10 @@ class Service:
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
         self.scan_requests: queue.Queue[tuple[Path | None, bool]] = queue.Queue()
-        self.counters = Counters(Counter(), {})
+        self.tally = Tally()
         self.attempts: dict[Path, int] = {}
         self.ollama_up: bool | None = None
         self.degraded_seen = threading.Event()
-        self.started_at = datetime.now(timezone.utc)
         self._apply_config(config)
         self.queue = JobQueue(
             config.watch.queue_size,
@@ -192,7 +180,7 @@ class Service:
         if self.worker.is_alive():
             log.warning("stop_timeout", seconds=self.config.watch.stop_timeout_s)
         self._write_state()
-        log.info("stopped", **dict(self.counters.outcomes))
+        log.info("stopped", **dict(self.tally.outcomes))
         return 0
 
     # --- main loop: signals, health pings, status ------------------------------------------
@@ -207,38 +195,21 @@ class Service:
             if ping and self.healthy():
                 self.notifier.watchdog()
             self._write_state()
-            self.notifier.status(self.status_line())
+            self.notifier.status(self.tally.status_line(len(self.queue)))
 
     def healthy(self) -> bool:
         """The observer and the worker are alive (gates WATCHDOG=1)."""
         watcher_ok = self.watcher is not None and self.watcher.healthy()
         return watcher_ok and self.worker.is_alive() and self.scanner.is_alive()
 
-    def status_line(self) -> str:
-        """The STATUS= text systemctl shows."""
-        c = self.counters.outcomes
-        return (
-            f"queue {len(self.queue)}, done {c['ok']}, degraded {c['degraded']}, "
-            f"failed {c['error'] + c['failed']}, held folders {len(self.counters.held)}"
-        )
-
     def _write_state(self) -> None:
-        c = self.counters.outcomes
-        error = self.counters.last_error
-        state = ServiceState(
-            pid=os.getpid(),
-            started_at=self.started_at,
-            updated_at=datetime.now(timezone.utc),
+        ollama: OllamaState = (
+            "unknown" if self.ollama_up is None else ("up" if self.ollama_up else "down")
+        )
+        state = self.tally.snapshot(
             queue=len(self.queue),
-            done=c["ok"],
-            degraded=c["degraded"],
-            failed=c["error"] + c["failed"],
-            skipped=c["skipped"],
-            held_folders=tuple(HeldFolder(k, v) for k, v in self.counters.held.items()),
-            last_error=LastError(error["path"], error["message"], error["at"]) if error else None,
-            ollama="unknown" if self.ollama_up is None else ("up" if self.ollama_up else "down"),
+            ollama=ollama,
             clip_device=str(getattr(self.ctx.analyzer, "device", "unknown")),
-            version=__version__,
         )
         try:
             write_state(service_state_path(self.config), state)
@@ -287,7 +258,7 @@ class Service:
                     self.queue.put_wait(path, self.stop_event)
                 found += 1
         if folder is not None:
-            self._forget_held(folder)
+            self.tally.release_held(folder)
         log.info(
             "scan_done",
             folders=[str(r) for r in roots],
@@ -302,14 +273,6 @@ class Service:
         except OSError:
             return False
         return age < self.config.watch.settle_s
-
-    def _forget_held(self, folder: Path) -> None:
-        for held in [
-            h
-            for h in self.counters.held
-            if Path(h).is_relative_to(folder) or folder.is_relative_to(Path(h))
-        ]:
-            self.counters.held.pop(held, None)
 
     def _on_removed(self, path: Path) -> None:
         if is_candidate(path, self.config):
@@ -369,17 +332,9 @@ class Service:
 
     def _record(self, result: Result) -> None:
         path = result.path
-        self.counters.outcomes[result.outcome] += 1
-        if result.outcome == "held":
-            self.counters.held[str(path.parent)] = result.reason or "invalid rule file"
+        self.tally.record(result)
         if result.outcome == "degraded":
             self.degraded_seen.set()
-        if result.outcome in ("error", "failed", "retry"):
-            self.counters.last_error = {
-                "path": str(path),
-                "message": result.reason or "",
-                "at": datetime.now(timezone.utc),
-            }
         if result.outcome == "retry":
             attempt = self.attempts.get(path, 0) + 1
             self.attempts[path] = attempt

@@ -108,15 +108,7 @@ def speed_messages(
         "negative prompt. Use only the findings below; where they are uncertain, prefer the "
         "higher-scored labels and leave out what you cannot support."
     )
-    user = "\n\n".join(
-        [
-            task,
-            _evidence(analysis, stats_description, hints=False),
-            PROMPT_RULES,
-            _answer_format(schema, "English"),
-        ]
-    )
-    return [ChatMessage(role="system", content=SYSTEM), ChatMessage(role="user", content=user)]
+    return _messages(task, _evidence(analysis, stats_description, hints=False), None, schema)
 
 
 def quality_messages(
@@ -131,16 +123,7 @@ def quality_messages(
         f"Aim for about {TOKEN_TARGET['quality']} tokens in the prompt. Do not invent readable "
         "text or specific people; keep every field consistent with the findings."
     )
-    user = "\n\n".join(
-        [
-            task,
-            _evidence(analysis, stats_description, hints=False),
-            _language_rule(language),
-            PROMPT_RULES,
-            _answer_format(schema, language),
-        ]
-    )
-    return [ChatMessage(role="system", content=SYSTEM), ChatMessage(role="user", content=user)]
+    return _messages(task, _evidence(analysis, stats_description, hints=False), language, schema)
 
 
 def vision_messages(
@@ -154,16 +137,22 @@ def vision_messages(
         f"detail. Aim for about {TOKEN_TARGET['vision']} tokens in the prompt. Be concrete and "
         "visual; copy any readable text exactly; do not guess what you cannot see."
     )
-    user = "\n\n".join(
-        [
-            task,
-            _evidence(analysis, stats_description, hints=True),
-            _language_rule(language),
-            PROMPT_RULES,
-            _answer_format(schema, language),
-        ]
-    )
-    return [ChatMessage(role="system", content=SYSTEM), ChatMessage(role="user", content=user)]
+    return _messages(task, _evidence(analysis, stats_description, hints=True), language, schema)
+
+
+def _messages(
+    task: str, evidence: str, language: str | None, schema: Mapping[str, Any]
+) -> list[ChatMessage]:
+    """System and user message: the task, the evidence, the language rule (descriptive
+    fields only; None: the answer is all English), the prompt rules and the answer format."""
+    parts = [task, evidence]
+    if language is not None:
+        parts.append(_language_rule(language))
+    parts += [PROMPT_RULES, _answer_format(schema, language or "English")]
+    return [
+        ChatMessage(role="system", content=SYSTEM),
+        ChatMessage(role="user", content="\n\n".join(parts)),
+    ]
 
 
 def _language_rule(language: str) -> str:
