@@ -146,6 +146,8 @@ class Service:
                 self.ollama_up = True
             except PromptdError as exc:
                 self.ollama_up = False
+                self.degraded_seen.set()  # the health loop watches for Ollama to come back
+                self.ctx.composer.mark_down(exc.message)
                 log.warning("ollama_unavailable", model=model, error=str(exc))
         analyzer = self.ctx.analyzer
         if isinstance(analyzer, ClipAnalyzer):

@@ -86,6 +86,11 @@ class Composer:
         """Ollama answers again (the service checked): stop skipping it."""
         self._down_until = 0.0
 
+    def mark_down(self, reason: str) -> None:
+        """Ollama failed outside a compose (e.g. loading the model at start): skip it a while."""
+        self._down_until = self._clock() + self._cooldown_s
+        self._down_reason = reason
+
     def compose(
         self,
         requested: Mode,
@@ -133,8 +138,7 @@ class Composer:
                 return self._attempt(llm, request, num_predict, images, analysis, attempts)
             except TransientError as exc:
                 if waits >= self._settings.retries:
-                    self._down_until = self._clock() + self._cooldown_s
-                    self._down_reason = exc.message
+                    self.mark_down(exc.message)
                     reason = f"{exc.message} (after {attempts} attempts); used the CLIP template"
                     return _template(request.mode, analysis, stats_description, reason, attempts)
                 delay = self._settings.backoff_s * 2**waits
