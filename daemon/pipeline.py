@@ -79,9 +79,18 @@ def is_candidate(path: Path, config: Config) -> bool:
 
 
 def admit(
-    path: Path, ctx: Context, *, force: bool = False, redo_degraded: bool = True
+    path: Path,
+    ctx: Context,
+    *,
+    force: bool = False,
+    redo_degraded: bool = True,
+    folders: dict[Path, sidecar.FolderIndex] | None = None,
 ) -> Admitted | Result:
-    """Decide whether ``path`` needs work: eligible, governed by a valid rule, not up to date."""
+    """Decide whether ``path`` needs work: eligible, governed by a valid rule, not up to date.
+
+    ``folders`` caches each folder's indexed listing across a batch (the stem-collision check
+    would otherwise list the whole folder once per image).
+    """
     config = ctx.config
     if not is_candidate(path, config):
         return Result(path, "skipped", "not an image name promptd handles")
@@ -101,7 +110,14 @@ def admit(
         return Result(path, "held", f"held by an invalid rule file: {exc}")
     if ctx.mode_override is not None and ctx.mode_override != rule.settings.mode:
         rule = _with_mode(rule, ctx.mode_override, config)
-    paths = sidecar.sidecar_paths(path, rule.settings.naming, config.images.extensions)
+    index = None
+    if folders is not None:
+        index = folders.get(path.parent)
+        if index is None:
+            index = folders[path.parent] = sidecar.index_folder(
+                sidecar.folder_names(path.parent), config.images.extensions
+            )
+    paths = sidecar.sidecar_paths(path, rule.settings.naming, config.images.extensions, index)
     previous = sidecar.read_sidecar(paths.json)
     if previous is None and sidecar.json_is_foreign(paths.json):
         return Result(
@@ -285,8 +301,10 @@ def prepare_batch(
     """Admit and decode a batch (CPU only: the daemon runs this ahead of the GPU stages)."""
     results: dict[Path, Result] = {}
     work: list[tuple[Admitted, LoadedImage, dict[str, float]]] = []
+    folders: dict[Path, sidecar.FolderIndex] = {}
     for path in paths:
-        admitted = _guard(path, partial(admit, path, ctx, force=force, redo_degraded=redo_degraded))
+        check = partial(admit, path, ctx, force=force, redo_degraded=redo_degraded, folders=folders)
+        admitted = _guard(path, check)
         if isinstance(admitted, Result):
             results[path] = admitted
             continue

@@ -43,6 +43,7 @@ __all__ = [
     "build_sidecar",
     "check_txt_line",
     "dump_sidecar",
+    "folder_names",
     "freshness",
     "index_folder",
     "is_temp_name",
@@ -143,7 +144,7 @@ def sidecar_names(
     return f"{stem}.txt", f"{stem}.json"
 
 
-def _folder_names(folder: Path) -> list[str]:
+def folder_names(folder: Path) -> list[str]:
     """The names in ``folder``; none when it is gone."""
     try:
         return os.listdir(folder)  # noqa: PTH208 - names only: no Path per entry (per image)
@@ -151,11 +152,16 @@ def _folder_names(folder: Path) -> list[str]:
         return []
 
 
-def sidecar_paths(image: Path, naming: Naming, image_extensions: Collection[str]) -> SidecarPaths:
-    """The sidecar paths of ``image``, looking at its folder for stem collisions."""
-    txt, json_name = sidecar_names(
-        image.name, naming, _folder_names(image.parent), image_extensions
-    )
+def sidecar_paths(
+    image: Path,
+    naming: Naming,
+    image_extensions: Collection[str],
+    index: FolderIndex | None = None,
+) -> SidecarPaths:
+    """The sidecar paths of ``image``, looking at its folder for stem collisions (or at
+    ``index``, that folder's listing already indexed, when several of its images are asked)."""
+    names = index if index is not None else folder_names(image.parent)
+    txt, json_name = sidecar_names(image.name, naming, names, image_extensions)
     return SidecarPaths(image.with_name(txt), image.with_name(json_name))
 
 
