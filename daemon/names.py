@@ -22,6 +22,9 @@ IGNORED_PATTERNS: tuple[str, ...] = (
     "#recycle",
     "$RECYCLE.BIN",
     "lost+found",
+    "*.temp",
+    "__MACOSX",
+    "System Volume Information",
 )
 
 
