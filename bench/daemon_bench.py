@@ -46,7 +46,7 @@ from daemon.logs import configure_logging
 from daemon.pipeline import Context, process_batch
 from daemon.scan import pending_images
 from daemon.sidecar import dump_sidecar, read_sidecar
-from tests.daemon_helpers import Daemon, png_bytes, wait_until
+from tests.daemon_helpers import Daemon, png_bytes, wait_until, write_images
 from tests.fake_ollama import FakeOllama
 from tests.tinyclip import build_tiny_clip
 
@@ -71,17 +71,6 @@ def write_config(folder: Path, inbox: Path, clip_dir: Path, ollama_url: str) -> 
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     inbox.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def make_sources(folder: Path, count: int) -> list[Path]:
-    """``count`` distinct small PNGs outside every inbox, to copy in."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(count):
-        path = folder / f"img{index:05d}.png"
-        path.write_bytes(png_bytes(index))
-        paths.append(path)
-    return paths
 
 
 def json_files(folder: Path) -> list[Path]:
@@ -270,7 +259,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     configure_logging("info", "json", stream=(tmp / "bare.log").open("w", encoding="utf-8"))
     result: dict[str, Any] = {}
     with FakeOllama() as fake:
-        sources = make_sources(tmp / "sources", args.images)
+        sources = write_images(tmp / "sources", args.images)
 
         # (a) and (b): one daemon, one in-process pipeline, same config but the inbox.
         bare_config = load_config(write_config(tmp, tmp / "bare", clip_dir, fake.url))
