@@ -16,7 +16,6 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import structlog
 
@@ -371,5 +370,4 @@ class Service:
 
 def run_service(config: Config, config_path: Path | None) -> int:
     """Entry point of `promptd run`."""
-    environ: dict[str, Any] = dict(os.environ)
-    return Service(config, config_path, environ).run()
+    return Service(config, config_path, dict(os.environ)).run()
