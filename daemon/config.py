@@ -381,3 +381,9 @@ def _drop_empty_sections(data: dict[Any, Any], model: type[BaseModel]) -> dict[A
                 value = _drop_empty_sections(value, nested)
         result[key] = value
     return result
+
+
+def cache_dir(config: Config) -> Path:
+    """Where text embeddings (and, unless state_dir is set, the status file) live; the loader
+    fills in the XDG or systemd default, this covers a Config built without it."""
+    return config.cache_dir or Path.home() / ".cache" / "promptd"

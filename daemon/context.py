@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from pathlib import Path
 
 from .analysis.clip import ClipAnalyzer
 from .compose.client import OllamaLLM
 from .compose.modes import Composer
-from .config import Config, Mode
+from .config import Config, Mode, cache_dir
 from .pipeline import Context
 from .rules import RuleResolver
-
-
-def cache_dir(config: Config) -> Path:
-    """Where text embeddings are cached (the loader fills in the XDG default)."""
-    return config.cache_dir or Path.home() / ".cache" / "promptd"
 
 
 def build_context(

@@ -146,7 +146,7 @@ def check_clip(config: Config, loader: Callable[[Config], str] | None = None) ->
 
 def _load_clip(config: Config) -> str:
     from .analysis.clip import ClipAnalyzer
-    from .context import cache_dir
+    from .config import cache_dir
 
     analyzer = ClipAnalyzer(config.clip, cache_dir(config))
     analyzer.load()

@@ -94,9 +94,8 @@ def admit(
     config = ctx.config
     if not is_candidate(path, config):
         return Result(path, "skipped", "not an image name promptd handles")
-    root = ctx.rules.root_of(path)
-    real = path.parent.resolve() / path.name  # the folders as they are; the file itself unresolved
-    if root is None or is_ignored_path(real, root, extra=config.images.ignore):
+    found = ctx.rules.locate(path)  # (root, resolved path); a symlink file is refused below
+    if found is None or is_ignored_path(found[1], found[0], extra=config.images.ignore):
         return Result(path, "skipped", "outside every inbox, or inside an ignored folder")
     try:
         st = path.stat(follow_symlinks=False)

@@ -110,12 +110,12 @@ class RuleResolver:
 
     def root_of(self, path: Path) -> Path | None:
         """The inbox root holding ``path`` after resolving symlinks; None when outside all."""
-        found = self._locate(path)
+        found = self.locate(path)
         return found[0] if found is not None else None
 
     def resolve(self, image: Path) -> EffectiveRule:
         """The settings for ``image``; ConfigError when a rule file on its way is invalid."""
-        found = self._locate(image)
+        found = self.locate(image)
         if found is None:
             raise ImageError("outside every inbox folder (or a symlink leading out)", image)
         root, resolved = found
@@ -136,7 +136,7 @@ class RuleResolver:
             raise ConfigError("the combined rule is invalid", where, problems) from exc
         return EffectiveRule(settings, tuple(sources), fingerprint_for(settings, self._config))
 
-    def _locate(self, path: Path) -> tuple[Path, Path] | None:
+    def locate(self, path: Path) -> tuple[Path, Path] | None:
         """(inbox root, resolved path), comparing resolved paths so no symlink leads out."""
         try:
             resolved = path.resolve()

@@ -22,8 +22,8 @@ import structlog
 from . import __version__, follow, sidecar
 from .analysis.clip import ClipAnalyzer
 from .compose.client import OllamaLLM
-from .config import Config, load_config
-from .context import build_context, cache_dir
+from .config import Config, cache_dir, load_config
+from .context import build_context
 from .errors import ConfigError, PromptdError
 from .gpulock import GpuLock
 from .jobqueue import JobQueue, RetrySchedule

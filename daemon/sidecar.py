@@ -185,10 +185,13 @@ def _read_capped(path: str | os.PathLike[str]) -> bytes | None:
         size = os.fstat(fd).st_size
         if size > _MAX_READ_BYTES:
             return None
-        chunks = [os.read(fd, size + 1)]  # one call for a file that did not grow meanwhile
-        while len(chunks[-1]) > size and (chunk := os.read(fd, 65536)):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        data = os.read(fd, size + 1)  # one call: a regular file short of size + 1 is at EOF
+        while len(data) > size and len(data) <= _MAX_READ_BYTES:  # it grew meanwhile
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+        return data if len(data) <= _MAX_READ_BYTES else None
     except OSError:
         return None
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from .atomic import write_atomic
-from .config import Config
+from .config import Config, cache_dir
 from .errors import PromptdError, TransientError
 
 STATE_FILE_NAME = "status.json"
@@ -73,7 +73,7 @@ def state_path(state_dir: Path) -> Path:
 
 def service_state_path(config: Config) -> Path:
     """The status file of the service that runs with ``config`` (state_dir, else cache_dir)."""
-    folder = config.state_dir or config.cache_dir or Path.home() / ".cache" / "promptd"
+    folder = config.state_dir or cache_dir(config)
     return state_path(folder)
 
 
