@@ -37,10 +37,10 @@ import torch
 import transformers
 from PIL import Image
 
-from daemon.analysis.clip import ClipAnalyzer
-from daemon.analysis.labels import DEFAULT_TABLES
-from daemon.analysis.loading import resolve_device
 from daemon.config import ClipSettings
+from daemon.pipeline.analyze.clip import ClipAnalyzer
+from daemon.pipeline.analyze.labels import DEFAULT_TABLES
+from daemon.pipeline.analyze.loading import resolve_device
 from tests.tinyclip import build_tiny_clip
 
 GOAL = 8.0

@@ -41,11 +41,11 @@ from typing import Any
 import yaml
 
 from daemon.config import load_config
-from daemon.context import build_context
 from daemon.logs import configure_logging
 from daemon.pipeline import Context, process_batch
-from daemon.scan import pending_images
+from daemon.pipeline.backends import build_context
 from daemon.sidecar import dump_sidecar, read_sidecar
+from daemon.watch.scan import pending_images
 from tests.daemon_helpers import Daemon, png_bytes, wait_until, write_images
 from tests.fake_ollama import FakeOllama
 from tests.tinyclip import build_tiny_clip

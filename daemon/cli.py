@@ -10,11 +10,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__
-from .config import MODES, Config, default_config_path, load_config
-from .errors import ConfigError
-from .jobs import Result
-from .logs import configure_logging
+from daemon import __version__
+from daemon.config import MODES, Config, default_config_path, load_config
+from daemon.errors import ConfigError
+from daemon.logs import configure_logging
+from daemon.records import Result
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 _Advance = Callable[[int], object]
@@ -83,8 +83,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _cmd_process(args: argparse.Namespace) -> int:
-    from .context import build_context
-    from .pipeline import discover, process_batch
+    from daemon.pipeline import discover, process_batch
+    from daemon.pipeline.backends import build_context
 
     config = _load(args)
     configure_logging(config.log.level, config.log.format)
@@ -156,7 +156,7 @@ class _progress:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from .rules import check_all
+    from daemon.config.rules import check_all
 
     config = _load(args)
     problems, warnings = check_all(config)
@@ -174,7 +174,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
-    from .state import format_status, pid_alive, read_state, service_state_path
+    from daemon.service.state import format_status, pid_alive, read_state, service_state_path
 
     config = _load(args)
     state = read_state(service_state_path(config))
@@ -184,7 +184,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .service import run_service
+    from daemon.service.daemon import run_service
 
     config = _load(args)
     configure_logging(config.log.level, config.log.format)
@@ -192,7 +192,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import run_checks
+    from daemon.doctor import run_checks
 
     config = _load(args)
     configure_logging("warning", config.log.format)

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from .config import Config
-from .errors import PromptdError
+from daemon.config import Config
+from daemon.errors import PromptdError
 
 Level = Literal["ok", "warn", "fail"]
 
@@ -62,7 +62,7 @@ def check_inboxes(config: Config) -> Iterator[Check]:
 
 def check_ollama(config: Config) -> Iterator[Check]:
     """Ollama answers, each configured model is pulled, the vision model can see images."""
-    from .compose.client import OllamaLLM
+    from daemon.pipeline.compose.client import OllamaLLM
 
     llm = OllamaLLM(config.ollama)
     host = config.ollama.host
@@ -145,8 +145,8 @@ def check_clip(config: Config, loader: Callable[[Config], str] | None = None) ->
 
 
 def _load_clip(config: Config) -> str:
-    from .analysis.clip import ClipAnalyzer
-    from .config import cache_dir
+    from daemon.config import cache_dir
+    from daemon.pipeline.analyze.clip import ClipAnalyzer
 
     analyzer = ClipAnalyzer(config.clip, cache_dir(config))
     analyzer.load()

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from daemon.atomic import is_temp_name
 from daemon.config import ImageLimits
+from daemon.fs.atomic import is_temp_name
 from daemon.sidecar import read_sidecar, sidecar_names
 from tests.images import scene
 

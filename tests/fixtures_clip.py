@@ -10,7 +10,7 @@ import pytest
 from daemon.config import ClipSettings
 
 if TYPE_CHECKING:  # imported in the fixtures, so sessions that need no CLIP skip torch
-    from daemon.analysis.clip import ClipAnalyzer
+    from daemon.pipeline.analyze.clip import ClipAnalyzer
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +30,6 @@ def clip_settings(tiny_clip_dir: Path) -> ClipSettings:
 @pytest.fixture
 def clip_analyzer(clip_settings: ClipSettings, tmp_path: Path) -> ClipAnalyzer:
     """A ClipAnalyzer over the tiny CLIP, caching label embeddings under tmp_path/cache."""
-    from daemon.analysis.clip import ClipAnalyzer
+    from daemon.pipeline.analyze.clip import ClipAnalyzer
 
     return ClipAnalyzer(clip_settings, tmp_path / "cache")

@@ -15,19 +15,19 @@ import pytest
 import torch
 from PIL import Image
 
-from daemon.analysis.cache import (
+from daemon.config import ClipSettings, LabelSettings
+from daemon.errors import ConfigError, TransientError
+from daemon.pipeline.analyze.cache import (
     SUBDIR,
     cache_key,
     load_embeddings,
     model_identity,
     save_embeddings,
 )
-from daemon.analysis.clip import ClipAnalyzer, ClipUnavailableError, clip_input, top_labels
-from daemon.analysis.labels import DEFAULT_TABLES, label_tables
-from daemon.analysis.loading import features, resolve_device
-from daemon.config import ClipSettings, LabelSettings
-from daemon.errors import ConfigError, TransientError
-from daemon.jobs import Analysis
+from daemon.pipeline.analyze.clip import ClipAnalyzer, ClipUnavailableError, clip_input, top_labels
+from daemon.pipeline.analyze.labels import DEFAULT_TABLES, label_tables
+from daemon.pipeline.analyze.loading import features, resolve_device
+from daemon.records import Analysis
 
 SEED_TABLE_SIZES = {"style": 12, "mood": 10, "composition": 10, "color_palette": 10, "subjects": 15}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from daemon.analysis.loading import hub_reachable
+from daemon.pipeline.analyze.loading import hub_reachable
 
 
 def test_hub_reachable_with_hf_hub_offline_is_false() -> None:

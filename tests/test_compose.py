@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from daemon.compose.client import LLMReply, OllamaLLM, attach_images, keep_alive_value
-from daemon.compose.modes import Composer
-from daemon.compose.prompts import build_messages, format_analysis
-from daemon.compose.schemas import (
+from daemon.config import OllamaSettings, RuleSettings
+from daemon.errors import ModelMissingError, OutputError, TransientError
+from daemon.pipeline.compose.client import LLMReply, OllamaLLM, attach_images, keep_alive_value
+from daemon.pipeline.compose.modes import Composer
+from daemon.pipeline.compose.prompts import build_messages, format_analysis
+from daemon.pipeline.compose.schemas import (
     CONTEXT_FIELDS,
     QualityOutput,
     SpeedOutput,
@@ -23,7 +25,7 @@ from daemon.compose.schemas import (
     format_schema,
     parse_output,
 )
-from daemon.compose.text import (
+from daemon.pipeline.compose.text import (
     GENERIC_NEGATIVE,
     assemble_line,
     clean_prompt,
@@ -31,9 +33,7 @@ from daemon.compose.text import (
     fit_to_tokens,
     interrogator_prompt,
 )
-from daemon.config import OllamaSettings, RuleSettings
-from daemon.errors import ModelMissingError, OutputError, TransientError
-from daemon.jobs import Scored
+from daemon.records import Scored
 from tests.fake_ollama import FakeOllama
 
 ANALYSIS = {

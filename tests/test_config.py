@@ -10,8 +10,8 @@ import pytest
 from pydantic import BaseModel
 
 from daemon.config import Config, RuleSettings, default_config_path, load_config
+from daemon.config.yamlfile import parse_yaml
 from daemon.errors import ConfigError
-from daemon.yamlfile import parse_yaml
 
 SHIPPED = Path(__file__).resolve().parent.parent / "config.yaml"
 COMMENTED_SETTING = re.compile(r"^(\s*)#(\w+:.*)$", re.MULTILINE)  # `#key: value`

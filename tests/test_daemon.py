@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
+from daemon.service.state import read_state, state_path
 from daemon.sidecar import validate_sidecar
-from daemon.state import read_state, state_path
 from tests.daemon_helpers import (
     Daemon,
     NotifyListener,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import ConfigError
-from daemon.jobqueue import JobQueue, RetrySchedule
+from daemon.service.queue import JobQueue, RetrySchedule
 
 
 class FakeClock:

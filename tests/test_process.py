@@ -219,8 +219,8 @@ def test_process_trigger_words_come_first_and_the_line_fits_the_budget(
     inbox = tmp_path / "inbox"
     make_good_images(inbox)
     assert main(["process", str(inbox), "--config", str(config), "--no-progress"]) == 0
-    from daemon.analysis.clip import ClipAnalyzer
     from daemon.config import ClipSettings
+    from daemon.pipeline.analyze.clip import ClipAnalyzer
 
     counter = ClipAnalyzer(ClipSettings(model=str(tiny_clip_dir), offline=True), tmp_path / "c")
     for txt in inbox.glob("*.txt"):

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from daemon.compose.client import OllamaLLM
-from daemon.compose.modes import Composer
 from daemon.config import OllamaSettings, RuleSettings
-from daemon.jobs import Scored
+from daemon.pipeline.compose.client import OllamaLLM
+from daemon.pipeline.compose.modes import Composer
+from daemon.records import Scored
 
 HOST = os.environ.get("PROMPTD_REAL_OLLAMA")
 pytestmark = [

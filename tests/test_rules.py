@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 
 from daemon.config import Config, load_config
+from daemon.config.rules import (
+    RULE_FILE,
+    RuleResolver,
+    check_all,
+    fingerprint_for,
+    rule_files_under,
+)
 from daemon.errors import ConfigError, ImageError
-from daemon.rules import RULE_FILE, RuleResolver, check_all, fingerprint_for, rule_files_under
 
 
 def write(path: Path, text: str) -> Path:

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 from daemon.config import load_config
-from daemon.context import build_context
 from daemon.pipeline import Context, process_batch
-from daemon.scan import pending_images
+from daemon.pipeline.backends import build_context
+from daemon.watch.scan import pending_images
 from tests.fake_ollama import FakeOllama
 from tests.images import make_good_images
 from tests.test_process import write_config

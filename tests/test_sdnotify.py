@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.sdnotify import Notifier, format_message, socket_address, watchdog_interval
+from daemon.service.sdnotify import Notifier, format_message, socket_address, watchdog_interval
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.settle import Settler
+from daemon.watch.settle import Settler
 
 QUIET, SETTLE = 0.2, 2.0
 

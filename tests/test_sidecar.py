@@ -19,10 +19,10 @@ from jsonschema import Draft202012Validator
 from PIL import Image
 
 from daemon import __version__
-from daemon.atomic import temp_name, write_error
 from daemon.config import RuleSettings
 from daemon.errors import ImageError, TransientError
-from daemon.jobs import Composition, EffectiveRule, ImageStats, LoadedImage, PaletteColor, Scored
+from daemon.fs.atomic import temp_name, write_error
+from daemon.records import Composition, EffectiveRule, ImageStats, LoadedImage, PaletteColor, Scored
 from daemon.sidecar import (
     SCHEMA_ID,
     SidecarPaths,
@@ -44,7 +44,7 @@ from daemon.sidecar import (
     write_atomic,
     write_sidecars,
 )
-from daemon.sidecar_doc import sidecar_schema
+from daemon.sidecar.document import sidecar_schema
 
 EXTS = (".jpg", ".jpeg", ".png", ".webp")
 LINE = "sks person, portrait of a woman, soft light, film grain"
@@ -246,7 +246,7 @@ def test_write_atomic_failure_halfway_keeps_the_old_file_and_no_temp(tmp_path: P
         f"""
         import resource, signal, sys
         from pathlib import Path
-        from daemon.atomic import write_atomic
+        from daemon.fs.atomic import write_atomic
         from daemon.errors import TransientError
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
@@ -446,7 +446,7 @@ def test_build_sidecar_pipeline_reason_and_negative_prompt_are_recorded(
 
 def test_sidecar_schema_is_shipped_and_a_valid_2020_12_schema() -> None:
     """The schema is package data, loads with importlib.resources and is itself valid."""
-    shipped = resources.files("daemon").joinpath("sidecar.schema.json")
+    shipped = resources.files("daemon.sidecar").joinpath("sidecar.schema.json")
     assert shipped.is_file()
     Draft202012Validator.check_schema(sidecar_schema())
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import PromptdError, TransientError
-from daemon.state import (
+from daemon.service.state import (
     STATE_FILE_NAME,
     HeldFolder,
     LastError,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from daemon.jobs import Result
-from daemon.tally import Tally
+from daemon.records import Result
+from daemon.service.tally import Tally
 
 
 def test_tally_counts_outcomes_and_keeps_the_last_failure() -> None:

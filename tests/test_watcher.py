@@ -23,13 +23,13 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver
 
-from daemon import fsinfo
 from daemon.config import WatchSettings
 from daemon.errors import ConfigError
-from daemon.eventmap import Action, actions_for
-from daemon.observers import OVERFLOW_LOGGER, ObserverKind, make_observer
-from daemon.treewalk import count_folders
-from daemon.watcher import Watcher, scan
+from daemon.fs.treewalk import count_folders
+from daemon.watch import fsinfo
+from daemon.watch.eventmap import Action, actions_for
+from daemon.watch.observers import OVERFLOW_LOGGER, ObserverKind, make_observer
+from daemon.watch.watcher import Watcher, scan
 
 # watchdog itself warns when `mkdir -p` makes it watch a folder twice; harmless.
 pytestmark = pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")

@@ -18,7 +18,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from daemon.analysis.labels import DEFAULT_TABLES
+from daemon.pipeline.analyze.labels import DEFAULT_TABLES
 
 if TYPE_CHECKING:
     from transformers import CLIPConfig

@@ -1,0 +1,36 @@
+"""The pipeline: named stage functions that turn image paths into sidecars.
+
+admit -> load -> analyze -> compose -> write, over the small frozen records in
+``daemon.records``. Nothing here starts a thread: the CLI runs the stages synchronously and
+the service only wraps them in its worker.
+
+- ``admit``: eligible, governed by a valid rule, not up to date? (``discover`` for `process`)
+- ``load`` and ``stats``: read once, hash, decode under limits; model-free pixel statistics.
+- ``analyze/``: CLIP zero-shot against cached label embeddings, batched.
+- ``compose/``: the Ollama client, messages, answer schemas, text cleaning, modes, fallback.
+- ``write``: the .txt line fitted to the token budget, and the record, through ``daemon.sidecar``.
+- ``batch``: the drivers (``prepare_batch``, ``finish_batch``, ``process_batch``).
+- ``context``: what the stages are handed; ``backends``: builds it with real CLIP and Ollama.
+
+May import: ``daemon.config``, ``daemon.records``, ``daemon.errors``, ``daemon.fs``,
+``daemon.sidecar``; never ``daemon.watch`` or ``daemon.service``.
+"""
+
+from daemon.pipeline.admit import Admitted, admit, discover, freshness_of, is_candidate
+from daemon.pipeline.batch import Prepared, finish_batch, log_result, prepare_batch, process_batch
+from daemon.pipeline.context import Analyzer, Context
+
+__all__ = [
+    "Admitted",
+    "Analyzer",
+    "Context",
+    "Prepared",
+    "admit",
+    "discover",
+    "finish_batch",
+    "freshness_of",
+    "is_candidate",
+    "log_result",
+    "prepare_batch",
+    "process_batch",
+]

@@ -1,0 +1,163 @@
+"""Driving the stages: admit -> load -> analyze -> compose -> write, a few images at a time.
+
+``prepare_batch`` admits and decodes (CPU only: the daemon runs it ahead of the GPU stages),
+``finish_batch`` runs CLIP over the batch at once, then composes and writes each image;
+``process_batch`` is both. The thin ``load``/``analyze``/``compose`` stage functions hand the
+records to their implementations. One image's failure becomes its result, never the batch's;
+nothing here starts a thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+
+from daemon import sidecar
+from daemon.errors import ImageError, PromptdError
+from daemon.pipeline.admit import Admitted, admit
+from daemon.pipeline.context import Context
+from daemon.pipeline.load import read_image
+from daemon.pipeline.stats import describe_stats
+from daemon.pipeline.write import elapsed_ms, write_error, write_ok
+from daemon.records import Analysis, Composition, EffectiveRule, LoadedImage, Result
+
+log = structlog.get_logger("promptd.pipeline")
+_T = TypeVar("_T")
+
+
+# --- load, analyze, compose, write ------------------------------------------------------
+
+
+def load(admitted: Admitted, ctx: Context) -> LoadedImage:
+    """Read, hash and decode the image under the configured limits (raises ImageError)."""
+    return read_image(admitted.path, ctx.config.images)
+
+
+def analyze(images: Sequence[LoadedImage], ctx: Context) -> tuple[list[Analysis], str | None]:
+    """CLIP zero-shot for a batch; on failure, empty analyses and the reason."""
+    if ctx.analyzer is None or not images:
+        return [{} for _ in images], None
+    try:
+        return ctx.analyzer.analyze([img.image for img in images]), None
+    except PromptdError as exc:
+        log.warning("clip_unavailable", error=str(exc))
+        return [{} for _ in images], f"CLIP unavailable: {exc.message}"
+
+
+def compose(
+    loaded: LoadedImage, analysis: Analysis, rule: EffectiveRule, ctx: Context
+) -> Composition:
+    """Ask the composer for a prompt in the rule's mode (falls back to `clip` by itself)."""
+    return ctx.composer.compose(
+        rule.settings.mode,
+        rule.settings,
+        analysis,
+        describe_stats(loaded.stats),
+        loaded.image,
+    )
+
+
+# --- driving the stages --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch after admit and load: finished results so far, and the images still to do."""
+
+    paths: tuple[Path, ...]
+    results: dict[Path, Result]
+    work: tuple[tuple[Admitted, LoadedImage, dict[str, float]], ...]
+
+
+def prepare_batch(
+    paths: Sequence[Path], ctx: Context, *, force: bool = False, redo_degraded: bool = True
+) -> Prepared:
+    """Admit and decode a batch (CPU only: the daemon runs this ahead of the GPU stages)."""
+    results: dict[Path, Result] = {}
+    work: list[tuple[Admitted, LoadedImage, dict[str, float]]] = []
+    folders: dict[Path, sidecar.FolderIndex] = {}
+    for path in paths:
+        check = partial(admit, path, ctx, force=force, redo_degraded=redo_degraded, folders=folders)
+        admitted = _guard(path, check)
+        if isinstance(admitted, Result):
+            results[path] = admitted
+            continue
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        try:
+            loaded = load(admitted, ctx)
+        except ImageError as exc:
+            timings["load"] = elapsed_ms(started)
+            results[path] = _guard(path, partial(write_error, admitted, exc, timings))
+            continue
+        timings["load"] = elapsed_ms(started)
+        work.append((admitted, loaded, timings))
+    return Prepared(tuple(paths), results, tuple(work))
+
+
+def finish_batch(prepared: Prepared, ctx: Context) -> list[Result]:
+    """CLIP over the batch at once, then compose and write each image; one log line each."""
+    results = dict(prepared.results)
+    work = prepared.work
+    started = time.perf_counter()
+    analyses, clip_reason = analyze([loaded for _, loaded, _ in work], ctx)
+    share = elapsed_ms(started) / max(len(work), 1)
+    for (admitted, loaded, timings), analysis in zip(work, analyses, strict=True):
+        timings["analyze"] = share
+
+        def finish(
+            a: Admitted = admitted,
+            img: LoadedImage = loaded,
+            an: Analysis = analysis,
+            t: dict[str, float] = timings,
+        ) -> Result:
+            begun = time.perf_counter()
+            composition = compose(img, an, a.rule, ctx)
+            t["compose"] = elapsed_ms(begun)
+            return write_ok(a, img, an, composition, clip_reason, t, ctx)
+
+        results[admitted.path] = _guard(admitted.path, finish)
+    ordered = [results[p] for p in prepared.paths]
+    for result in ordered:
+        log_result(result)
+    return ordered
+
+
+def process_batch(
+    paths: Sequence[Path], ctx: Context, *, force: bool = False, redo_degraded: bool = True
+) -> list[Result]:
+    """Run every stage for a few paths; CLIP sees the decodable ones as one batch."""
+    return finish_batch(prepare_batch(paths, ctx, force=force, redo_degraded=redo_degraded), ctx)
+
+
+def _guard(path: Path, step: Callable[[], _T]) -> _T | Result:
+    """One image's failure (a disk error, a bug) becomes its result, never the batch's."""
+    try:
+        return step()
+    except PromptdError as exc:
+        return Result(path, "failed" if exc.kind != "transient" else "retry", str(exc))
+    except Exception as exc:  # a bug on one image must not stop the others
+        log.exception("image_crashed", path=str(path))
+        return Result(path, "failed", f"internal error: {type(exc).__name__}: {exc}")
+
+
+def log_result(result: Result) -> None:
+    """The one log line per image."""
+    if result.outcome == "skipped":
+        log.debug("image", path=str(result.path), outcome="skipped", reason=result.reason)
+        return
+    level = "info" if result.outcome in ("ok", "degraded") else "warning"
+    getattr(log, level)(
+        "image",
+        path=str(result.path),
+        outcome=result.outcome,
+        mode=result.mode,
+        reason=result.reason,
+        timings_ms={k: round(v, 1) for k, v in result.timings_ms.items()},
+    )

@@ -1,0 +1,248 @@
+"""The compose stage: turn (CLIP analysis, pixel statistics, the image) into a prompt, per mode.
+
+`speed` and `quality` ask a text model, `vision` asks a model that sees the image, `clip`
+fills a template. Failures never escape: a busy or unreachable Ollama is retried with
+backoff, a truncated or invalid answer is retried once with a doubled token budget, and
+whatever still fails falls back to the `clip` template with a short, human reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from PIL import Image
+
+from daemon.config import Mode, OllamaSettings, RuleSettings
+from daemon.errors import ImageError, ModelMissingError, OutputError, TransientError
+from daemon.pipeline.compose.client import LLM
+from daemon.pipeline.compose.prompts import ChatMessage, LLMMode, build_messages
+from daemon.pipeline.compose.schemas import (
+    CONTEXT_FIELDS,
+    Output,
+    QualityOutput,
+    SpeedOutput,
+    VisionOutput,
+    format_schema,
+    parse_output,
+)
+from daemon.pipeline.compose.text import (
+    GENERIC_NEGATIVE,
+    clean_prompt,
+    clip_template,
+    interrogator_prompt,
+)
+from daemon.pipeline.load import encode_for_vision
+from daemon.records import Analysis, Composition
+
+log = structlog.get_logger()
+
+OUTPUTS: dict[LLMMode, type[Output]] = {
+    "speed": SpeedOutput,
+    "quality": QualityOutput,
+    "vision": VisionOutput,
+}
+
+
+class _Unsuitable(Exception):
+    """The configured model cannot do this mode (e.g. no vision); retrying will not help."""
+
+
+@dataclass(frozen=True)
+class _Request:
+    """Everything one LLM mode needs, fixed before the first attempt."""
+
+    mode: LLMMode
+    model: str
+    messages: list[ChatMessage]
+    schema: dict[str, Any]
+    temperature: float
+    image: Image.Image | None
+
+
+class Composer:
+    """Composes prompts by mode through an `LLM` (None: Ollama disabled, templates only)."""
+
+    def __init__(
+        self,
+        settings: OllamaSettings,
+        llm: LLM | None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        vision_long_side: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+        cooldown_s: float = 30.0,
+    ) -> None:
+        self._settings = settings
+        self._llm = llm
+        self._sleep = sleep
+        self._long_side = vision_long_side
+        self._clock = clock
+        self._cooldown_s = cooldown_s
+        # Circuit breaker: once retries are used up, later images fall back at once for a
+        # while instead of each waiting through the whole backoff schedule again.
+        self._down_until = 0.0
+        self._down_reason = ""
+
+    def reset(self) -> None:
+        """Ollama answers again (the service checked): stop skipping it."""
+        self._down_until = 0.0
+
+    def mark_down(self, reason: str) -> None:
+        """Ollama failed outside a compose (e.g. loading the model at start): skip it a while."""
+        self._down_until = self._clock() + self._cooldown_s
+        self._down_reason = reason
+
+    def compose(
+        self,
+        requested: Mode,
+        rule: RuleSettings,
+        analysis: Analysis,
+        stats_description: str,
+        image: Image.Image | None,
+    ) -> Composition:
+        """The prompt for one image in `requested` mode, or the `clip` template with a reason."""
+        if requested == "clip":
+            return _template(requested, analysis, stats_description, None, attempts=0)
+        if self._llm is None:
+            reason = "Ollama is not configured; used the CLIP template"
+            return _template(requested, analysis, stats_description, reason, attempts=0)
+        if requested == "vision" and image is None:
+            reason = "vision mode needs the image, which was not available; used the CLIP template"
+            return _template(requested, analysis, stats_description, reason, attempts=0)
+        if self._clock() < self._down_until:
+            reason = f"{self._down_reason} (not retried: Ollama failed moments ago); used the CLIP template"
+            return _template(requested, analysis, stats_description, reason, attempts=0)
+        model = str(getattr(self._settings.models, requested))
+        schema = format_schema(OUTPUTS[requested])
+        request = _Request(
+            mode=requested,
+            model=model,
+            messages=build_messages(requested, analysis, stats_description, rule.language, schema),
+            schema=schema,
+            temperature=float(getattr(self._settings.temperature, requested)),
+            image=image,
+        )
+        return self._ask(self._llm, request, analysis, stats_description)
+
+    def _ask(
+        self, llm: LLM, request: _Request, analysis: Analysis, stats_description: str
+    ) -> Composition:
+        """Attempts with retries; the first usable answer wins, otherwise the template."""
+        num_predict = int(getattr(self._settings.num_predict, request.mode))
+        waits, widened, attempts = 0, False, 0
+        images: list[bytes] | None = None
+        while True:
+            attempts += 1
+            try:
+                if request.mode == "vision" and images is None:
+                    images = [self._vision_image(llm, request)]
+                return self._attempt(llm, request, num_predict, images, analysis, attempts)
+            except TransientError as exc:
+                if waits >= self._settings.retries:
+                    self.mark_down(exc.message)
+                    reason = f"{exc.message} (after {attempts} attempts); used the CLIP template"
+                    return _template(request.mode, analysis, stats_description, reason, attempts)
+                delay = self._settings.backoff_s * 2**waits
+                log.warning("ollama_retry", model=request.model, error=exc.message, wait_s=delay)
+                self._sleep(delay)
+                waits += 1
+            except ModelMissingError as exc:
+                reason = f"{exc.message}; used the CLIP template"
+                return _template(request.mode, analysis, stats_description, reason, attempts)
+            except _Unsuitable as exc:
+                reason = f"{exc}; used the CLIP template"
+                return _template(request.mode, analysis, stats_description, reason, attempts)
+            except OutputError as exc:
+                if widened:
+                    reason = f"{request.model} gave unusable output twice ({exc.message}); used the CLIP template"
+                    return _template(request.mode, analysis, stats_description, reason, attempts)
+                log.warning("ollama_bad_output", model=request.model, error=exc.message)
+                widened, num_predict = True, num_predict * 2
+
+    def _vision_image(self, llm: LLM, request: _Request) -> bytes:
+        """The JPEG for the vision model, once it is known to see images."""
+        if "vision" not in llm.capabilities(request.model):
+            raise _Unsuitable(
+                f"model '{request.model}' cannot see images (no 'vision' capability in Ollama); "
+                "set ollama.models.vision to a vision model such as gemma3:4b"
+            )
+        assert request.image is not None  # compose() checked
+        try:
+            return encode_for_vision(request.image, self._long_side)
+        except ImageError as exc:
+            raise _Unsuitable(
+                f"the image could not be prepared for {request.model}: {exc.message}"
+            ) from exc
+
+    def _attempt(
+        self,
+        llm: LLM,
+        request: _Request,
+        num_predict: int,
+        images: Sequence[bytes] | None,
+        analysis: Analysis,
+        attempts: int,
+    ) -> Composition:
+        reply = llm.chat_json(
+            request.model,
+            request.messages,
+            request.schema,
+            num_predict=num_predict,
+            temperature=request.temperature,
+            images=images,
+        )
+        if reply.done_reason == "length":
+            raise OutputError(f"the answer was cut off at num_predict={num_predict} tokens")
+        output = parse_output(OUTPUTS[request.mode], reply.text)
+        if isinstance(output, SpeedOutput):
+            prompt, context = clean_prompt(output.prompt), None
+        else:
+            assert isinstance(output, QualityOutput)
+            prompt = clean_prompt(output.generative_prompt)
+            context = _context(output, prompt, analysis)
+        if len(prompt) < 3:
+            raise OutputError("the prompt was empty once cleaned of markup and labels")
+        negative = clean_prompt(getattr(output, "negative_prompt", "")) or GENERIC_NEGATIVE
+        return Composition(
+            requested_mode=request.mode,
+            mode=request.mode,
+            prompt=prompt,
+            negative_prompt=negative,
+            context=context,
+            models={"llm": request.model},
+            attempts=attempts,
+        )
+
+
+def _context(output: QualityOutput, prompt: str, analysis: Analysis) -> dict[str, Any]:
+    """Seed 001's ten fields (prompt cleaned) plus the clip-interrogator style tag prompt."""
+    fields = output.model_dump(include=set(CONTEXT_FIELDS))
+    context = {name: fields[name] for name in CONTEXT_FIELDS}
+    context["generative_prompt"] = prompt
+    context["clip_prompt"] = interrogator_prompt(analysis)
+    return context
+
+
+def _template(
+    requested: Mode,
+    analysis: Analysis,
+    stats_description: str,
+    reason: str | None,
+    attempts: int,
+) -> Composition:
+    """The `clip` composition; `reason` set means it stands in for a failed mode."""
+    prompt, negative = clip_template(analysis, stats_description)
+    return Composition(
+        requested_mode=requested,
+        mode="clip",
+        prompt=prompt,
+        negative_prompt=negative,
+        context=None,
+        models={},
+        degraded_reason=reason,
+        attempts=attempts,
+    )

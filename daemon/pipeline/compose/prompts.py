@@ -1,0 +1,177 @@
+"""The chat messages sent to Ollama, per mode (pure functions, no I/O).
+
+Each request states the task, the evidence (CLIP labels with scores, pixel statistics),
+the language of the descriptive fields, a length target (seed 000: ~150 tokens for
+`speed`, ~300 for `quality`), and the JSON fields to fill, described in words as well as
+enforced through `format`. The prompt itself is always English.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, TypedDict
+
+from daemon.records import Analysis
+
+LLMMode = Literal["speed", "quality", "vision"]
+TOKEN_TARGET: dict[LLMMode, int] = {"speed": 150, "quality": 300, "vision": 300}
+
+
+class ChatMessage(TypedDict):
+    """One chat message as Ollama takes it (images are attached by the client)."""
+
+    role: str
+    content: str
+
+
+FIELD_GUIDE: dict[str, str] = {
+    "prompt": "the text-to-image prompt, in English, one line of comma-separated phrases",
+    "negative_prompt": "in English, comma-separated things to avoid (artifacts, unwanted content)",
+    "brief_caption": "one short sentence summing up the image",
+    "detailed_description": "several sentences on the scene, composition, elements and context",
+    "objects": "the important objects, one per item",
+    "people": "a short description of each person or character; empty list if none",
+    "setting": "the kind of place: indoor or outdoor, city, nature, studio, beach...",
+    "mood": "the overall feeling or atmosphere",
+    "style": "the visual style: photograph, digital illustration, watercolour, 3D render...",
+    "colors": "the dominant colours and colour combinations, in words (no hex codes)",
+    "text_in_image": "any readable text, copied as faithfully as possible; empty string if none",
+    "generative_prompt": "the text-to-image prompt, in English, one line of comma-separated phrases",
+}
+ENGLISH_FIELDS = frozenset({"prompt", "negative_prompt", "generative_prompt"})
+
+SYSTEM = (
+    "You are an expert at describing images and at writing prompts for text-to-image models "
+    "such as Stable Diffusion. You answer with one JSON object and nothing else: no "
+    "explanations, no markdown, no reasoning."
+)
+
+PROMPT_RULES = (
+    "Rules for the prompt: write it in English as one line of comma-separated phrases; put the "
+    "most important words first (main subject, then setting, style, lighting, colour, camera "
+    "or medium), because the end may be cut off; describe only what is visible; no quotation "
+    'marks, no labels such as "Prompt:", no line breaks, no negative terms in it.'
+)
+
+
+def format_analysis(analysis: Analysis) -> str:
+    """CLIP findings as lines like `style: oil painting (0.62), watercolor (0.21)`."""
+    lines = []
+    for category, ranked in analysis.items():
+        if ranked:
+            labels = ", ".join(f"{s.label} ({s.score:.2f})" for s in ranked)
+            lines.append(f"- {category.replace('_', ' ')}: {labels}")
+    return "\n".join(lines)
+
+
+def field_guide(schema: Mapping[str, Any], language: str) -> str:
+    """The JSON fields to fill, one line each, as a description of `schema`'s properties."""
+    lines = []
+    for name, spec in schema.get("properties", {}).items():
+        kind = "list of strings" if spec.get("type") == "array" else "string"
+        meaning = FIELD_GUIDE.get(name, "as the field name says")
+        in_language = "" if name in ENGLISH_FIELDS else f" (in {language})"
+        lines.append(f'- "{name}" ({kind}): {meaning}{in_language}')
+    return "\n".join(lines)
+
+
+def _evidence(analysis: Analysis, stats_description: str, *, hints: bool) -> str:
+    findings = format_analysis(analysis)
+    intro = (
+        "Automatic hints from a CLIP zero-shot classifier (label and confidence; they may be wrong, trust the image):"
+        if hints
+        else "What a CLIP zero-shot classifier found in the image (label and confidence, best first):"
+    )
+    parts = [
+        f"{intro}\n{findings}" if findings else "No CLIP analysis is available for this image."
+    ]
+    if stats_description.strip():
+        parts.append(f"Measured from the pixels: {stats_description.strip()}.")
+    return "\n\n".join(parts)
+
+
+def _answer_format(schema: Mapping[str, Any], language: str) -> str:
+    return (
+        "Answer with a JSON object with exactly these fields:\n"
+        f"{field_guide(schema, language)}\n"
+        "Use double quotes and valid JSON; add no other fields and no text outside the object."
+    )
+
+
+def speed_messages(
+    analysis: Analysis, stats_description: str, schema: Mapping[str, Any]
+) -> list[ChatMessage]:
+    """`speed`: a concise prompt (about 150 tokens) from the CLIP analysis and statistics."""
+    task = (
+        "Write a concise but specific text-to-image prompt that would recreate an image like "
+        f"the one described below, in at most about {TOKEN_TARGET['speed']} tokens, and a short "
+        "negative prompt. Use only the findings below; where they are uncertain, prefer the "
+        "higher-scored labels and leave out what you cannot support."
+    )
+    return _messages(task, _evidence(analysis, stats_description, hints=False), None, schema)
+
+
+def quality_messages(
+    analysis: Analysis, stats_description: str, language: str, schema: Mapping[str, Any]
+) -> list[ChatMessage]:
+    """`quality`: the seed-001 context fields and a detailed prompt (about 300 tokens)."""
+    task = (
+        "Build a structured description of an image you cannot see, from the analysis below, "
+        "and a detailed text-to-image prompt that would recreate it. The prompt should cover, "
+        "where the findings support it: the artistic style, composition and framing, the colour "
+        "palette, mood and atmosphere, lighting, key visual details, and the medium or technique. "
+        f"Aim for about {TOKEN_TARGET['quality']} tokens in the prompt. Do not invent readable "
+        "text or specific people; keep every field consistent with the findings."
+    )
+    return _messages(task, _evidence(analysis, stats_description, hints=False), language, schema)
+
+
+def vision_messages(
+    analysis: Analysis, stats_description: str, language: str, schema: Mapping[str, Any]
+) -> list[ChatMessage]:
+    """`vision`: describe the attached image (CLIP findings as hints) and write a detailed prompt."""
+    task = (
+        "Look carefully at the attached image. Describe it in detail and then condense what you "
+        "see into one long, usable text-to-image prompt that would produce a similar image: "
+        "shot type and framing, subject, setting, lighting, style, colour palette and level of "
+        f"detail. Aim for about {TOKEN_TARGET['vision']} tokens in the prompt. Be concrete and "
+        "visual; copy any readable text exactly; do not guess what you cannot see."
+    )
+    return _messages(task, _evidence(analysis, stats_description, hints=True), language, schema)
+
+
+def _messages(
+    task: str, evidence: str, language: str | None, schema: Mapping[str, Any]
+) -> list[ChatMessage]:
+    """System and user message: the task, the evidence, the language rule (descriptive
+    fields only; None: the answer is all English), the prompt rules and the answer format."""
+    parts = [task, evidence]
+    if language is not None:
+        parts.append(_language_rule(language))
+    parts += [PROMPT_RULES, _answer_format(schema, language or "English")]
+    return [
+        ChatMessage(role="system", content=SYSTEM),
+        ChatMessage(role="user", content="\n\n".join(parts)),
+    ]
+
+
+def _language_rule(language: str) -> str:
+    return (
+        f"Write every descriptive field in {language}. Write generative_prompt and "
+        "negative_prompt in English, whatever the language of the other fields."
+    )
+
+
+def build_messages(
+    mode: LLMMode,
+    analysis: Analysis,
+    stats_description: str,
+    language: str,
+    schema: Mapping[str, Any],
+) -> list[ChatMessage]:
+    """The messages for `mode` (the image itself is attached by the client in `vision`)."""
+    if mode == "speed":
+        return speed_messages(analysis, stats_description, schema)
+    if mode == "quality":
+        return quality_messages(analysis, stats_description, language, schema)
+    return vision_messages(analysis, stats_description, language, schema)

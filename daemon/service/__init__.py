@@ -1,0 +1,12 @@
+"""`promptd run`: the running daemon. Owns every thread, the signals and systemd.
+
+- ``daemon``: ``Service``: start-up, reload, the main loop (signals, sd_notify, status), stop.
+- ``live``: what the threads share and a reload replaces (the config and the pipeline context).
+- ``worker``: the worker thread: batches from the queue through the pipeline, decoded ahead.
+- ``intake``: the scanner thread and the watcher's callbacks: paths into the queue.
+- ``health``: brings degraded results back once Ollama answers again.
+- ``queue``: the bounded, de-duplicated job queue with retries; ``gpulock``: CLIP and Ollama
+  take turns; ``tally``: counts; ``state``: the status file; ``sdnotify``: systemd's protocol.
+
+May import anything below it; only ``daemon.cli`` imports it.
+"""

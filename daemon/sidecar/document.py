@@ -1,0 +1,280 @@
+"""The sidecar document (``promptd.sidecar/1``): built from the pipeline's records, pure.
+
+``build_sidecar`` makes the record of a prompt (``ok`` or ``degraded``), ``build_error_sidecar``
+the record of an image that could not be processed; both share one shape, described by the
+JSON Schema shipped beside this module (``validate_sidecar`` checks a document against it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from daemon import __version__
+from daemon.errors import PromptdError
+from daemon.records import Analysis, Composition, EffectiveRule, ImageStats, LoadedImage
+
+SCHEMA_ID = "promptd.sidecar/1"
+SCHEMA_RESOURCE = "sidecar.schema.json"
+_DIGITS = 4  # scores and statistics are rounded for readable records
+
+
+def check_txt_line(line: str) -> str:
+    """Return ``line`` if it is a valid caption: one line, not blank; else raise ValueError."""
+    if not line.strip():
+        raise ValueError("the caption line is empty")
+    if line.splitlines() != [line]:
+        raise ValueError(f"the caption must be one line, got {line!r}")
+    return line
+
+
+def txt_bytes(line: str) -> bytes:
+    """The bytes of a .txt sidecar: the caption line, UTF-8, with a final newline (like kohya's)."""
+    return (check_txt_line(line) + "\n").encode("utf-8")
+
+
+def utc_timestamp(when: datetime) -> str:
+    """ISO-8601 UTC with a ``Z`` and milliseconds, e.g. ``2025-01-31T12:00:00.000Z``."""
+    if when.tzinfo is None:
+        raise ValueError("created_at must be timezone-aware")
+    stamp = when.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON data (tuples become lists), so the document validates as written."""
+    return json.loads(json.dumps(value, ensure_ascii=False, allow_nan=False))
+
+
+def _analysis(analysis: Analysis | None) -> dict[str, list[dict[str, Any]]]:
+    """Category -> ranked labels, as JSON."""
+    return {
+        category: [{"label": s.label, "score": round(s.score, _DIGITS)} for s in scored]
+        for category, scored in (analysis or {}).items()
+    }
+
+
+def _stats(stats: ImageStats) -> dict[str, Any]:
+    """The model-free statistics, as JSON (width and height live in ``image``)."""
+    return {
+        "brightness": round(stats.brightness, _DIGITS),
+        "contrast": round(stats.contrast, _DIGITS),
+        "saturation": round(stats.saturation, _DIGITS),
+        "orientation": stats.orientation,
+        "aspect_ratio": stats.aspect_ratio,
+        "palette": [
+            {"name": c.name, "hex": c.hex, "share": round(c.share, _DIGITS)} for c in stats.palette
+        ],
+    }
+
+
+def _image(
+    name: str, sha256: str | None, st: tuple[int, int], decoded: LoadedImage | None
+) -> dict[str, Any]:
+    """The ``image`` section; ``st`` is (bytes, mtime_ns); size and format null if not decoded."""
+    return {
+        "file": name,
+        "sha256": sha256,
+        "bytes": st[0],
+        "mtime_ns": st[1],
+        "width": decoded.width if decoded else None,
+        "height": decoded.height if decoded else None,
+        "format": decoded.format if decoded else None,
+    }
+
+
+def _document(
+    *,
+    status: str,
+    mode: str | None,
+    requested_mode: str,
+    prompt: str,
+    negative_prompt: str,
+    analysis: Analysis | None,
+    stats: ImageStats | None,
+    context: Mapping[str, Any] | None,
+    image: dict[str, Any],
+    outputs: dict[str, Any],
+    models: Mapping[str, str],
+    clip_model: str | None,
+    rule: EffectiveRule,
+    timings_ms: Mapping[str, float] | None,
+    created_at: datetime | None,
+    degraded_reason: str | None,
+    error: dict[str, str] | None,
+) -> dict[str, Any]:
+    """The one shape every sidecar has, in the order it is written."""
+    extra_roles = {role: name for role, name in models.items() if role not in ("clip", "llm")}
+    return {
+        "schema": SCHEMA_ID,
+        "status": status,
+        "mode": mode,
+        "requested_mode": requested_mode,
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "analysis": _analysis(analysis),
+        "stats": _stats(stats) if stats else None,
+        "context": _plain(context) if context else None,
+        "image": image,
+        "outputs": outputs,
+        "models": {"clip": clip_model, "llm": models.get("llm"), **extra_roles},
+        "rule": {
+            "sources": [str(path) for path in rule.sources],
+            "fingerprint": rule.fingerprint,
+            "settings": rule.settings.model_dump(mode="json"),
+        },
+        "timings_ms": {stage: round(ms, 1) for stage, ms in (timings_ms or {}).items()},
+        "created_at": utc_timestamp(created_at or datetime.now(timezone.utc)),
+        "degraded_reason": degraded_reason,
+        "error": error,
+        "generator": {"name": "promptd", "version": __version__},
+    }
+
+
+def build_sidecar(
+    *,
+    image: LoadedImage,
+    rule: EffectiveRule,
+    composition: Composition,
+    analysis: Analysis | None,
+    prompt: str,
+    txt_name: str | None,
+    txt_line: str | None = None,
+    txt_kept: bool = False,
+    negative_prompt: str | None = None,
+    status: str | None = None,
+    degraded_reason: str | None = None,
+    clip_model: str | None = None,
+    timings_ms: Mapping[str, float] | None = None,
+    created_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The record of a prompt: ``degraded`` when a fallback produced it, else ``ok``.
+
+    ``prompt`` is the exact caption line, recorded even when no .txt is written; ``txt_name``
+    names the .txt written now (its digest is that of ``txt_bytes(prompt)``; ``txt_line``, if
+    given, must be that same line), ``txt_kept`` says a caption promptd did not write was kept.
+    ``negative_prompt`` defaults to the composition's; ``degraded_reason`` to the
+    composition's, and ``status`` follows from it (given, it must agree). ``analysis`` is None
+    or empty when CLIP was unavailable. Inconsistent arguments raise ValueError.
+    """
+    check_txt_line(prompt)
+    if txt_line is not None and txt_line != prompt:
+        raise ValueError("the .txt line must be the recorded prompt")
+    if txt_name is not None and txt_kept:
+        raise ValueError("a .txt cannot be both written and kept")
+    reason = degraded_reason or composition.degraded_reason
+    derived = "degraded" if reason else "ok"
+    if status is not None and status != derived:
+        raise ValueError(f"status {status!r} disagrees with degraded_reason {reason!r}")
+    digest = hashlib.sha256(txt_bytes(prompt)).hexdigest()
+    return _document(
+        status=derived,
+        mode=composition.mode,
+        requested_mode=composition.requested_mode,
+        prompt=prompt,
+        negative_prompt=(
+            composition.negative_prompt if negative_prompt is None else negative_prompt
+        ),
+        analysis=analysis,
+        stats=image.stats,
+        context=composition.context,
+        image=_image(image.path.name, image.sha256, (image.bytes, image.mtime_ns), image),
+        outputs={
+            "txt": txt_name,
+            "txt_sha256": digest if txt_name is not None else None,
+            "txt_kept": txt_kept,
+        },
+        models=composition.models,
+        clip_model=clip_model,
+        rule=rule,
+        timings_ms=timings_ms,
+        created_at=created_at,
+        degraded_reason=reason,
+        error=None,
+    )
+
+
+def error_info(error: BaseException) -> dict[str, str]:
+    """``{"kind", "message"}`` for a sidecar: our errors by kind, anything else as ``internal``."""
+    if isinstance(error, PromptdError):
+        return {"kind": error.kind, "message": error.message}
+    return {"kind": "internal", "message": f"{type(error).__name__}: {error}"}
+
+
+def build_error_sidecar(
+    *,
+    image_path: Path,
+    stat: os.stat_result,
+    rule: EffectiveRule,
+    error: BaseException,
+    sha256: str | None = None,
+    analysis: Analysis | None = None,
+    clip_model: str | None = None,
+    timings_ms: Mapping[str, float] | None = None,
+    created_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The record of an image that could not be processed (no .txt goes with it).
+
+    Built from the file's stat (and its hash when it was read): size and format are null.
+    An error record is ``fresh`` while the file is unchanged, so it is not retried forever.
+    """
+    return _document(
+        status="error",
+        mode=None,
+        requested_mode=rule.settings.mode,
+        prompt="",
+        negative_prompt="",
+        analysis=analysis,
+        stats=None,
+        context=None,
+        image=_image(image_path.name, sha256, (stat.st_size, stat.st_mtime_ns), None),
+        outputs={"txt": None, "txt_sha256": None, "txt_kept": False},
+        models={},
+        clip_model=clip_model,
+        rule=rule,
+        timings_ms=timings_ms,
+        created_at=created_at,
+        degraded_reason=None,
+        error=error_info(error),
+    )
+
+
+def dump_sidecar(doc: Mapping[str, Any]) -> bytes:
+    """The .json bytes: UTF-8, indented, keys in build order, final newline."""
+    text = json.dumps(doc, ensure_ascii=False, indent=2, sort_keys=False, allow_nan=False)
+    return (text + "\n").encode("utf-8")
+
+
+@lru_cache(maxsize=1)
+def sidecar_schema() -> dict[str, Any]:
+    """The JSON Schema shipped with the package (``daemon/sidecar/sidecar.schema.json``)."""
+    text = resources.files("daemon.sidecar").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Draft202012Validator:
+    """A validator for the shipped schema, built once."""
+    return Draft202012Validator(sidecar_schema())
+
+
+def validate_sidecar(doc: Any) -> list[str]:
+    """Every way ``doc`` breaks the sidecar schema, as ``path: problem`` lines; empty when valid."""
+    problems = []
+    for err in sorted(_validator().iter_errors(doc), key=lambda e: list(map(str, e.path))):
+        where = ".".join(str(part) for part in err.absolute_path) or "(document)"
+        message = err.message
+        if err.validator in ("pattern", "not") and "description" in err.schema:
+            message = f"{err.instance!r} is invalid: {err.schema['description']}"
+        problems.append(f"{where}: {message}")
+    return problems
