@@ -147,6 +147,27 @@ class ObservedFolder:
             raise
         return observer
 
+    def revive(
+        self, now: float, factory: ObserverFactory, poll_interval_s: float, sink: EventSink
+    ) -> bool:
+        """Restart the observer if it died and its retry time has come; True when restarted.
+
+        A failed restart waits twice as long before the next try (at most a minute)."""
+        if self.alive() or now < self.retry_at:
+            return False
+        log.warning("observer_died", folder=str(self.folder), observer=self.kind)
+        self.stop(join_s=1.0)
+        try:
+            self.start(factory, poll_interval_s, sink)
+        except OSError as exc:
+            self.retry_at = now + self.backoff_s
+            self.backoff_s = min(self.backoff_s * 2, 60.0)
+            log.error("observer_restart_failed", folder=str(self.folder), error=str(exc))
+            return False
+        self.backoff_s = 1.0
+        log.info("observer_restarted", folder=str(self.folder), observer=self.kind)
+        return True
+
     def stop(self, join_s: float) -> None:
         """Stop the observer (if any) and forget it."""
         if self.observer is not None:

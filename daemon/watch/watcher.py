@@ -285,17 +285,5 @@ class Watcher:
         """Restart dead observers (their threads die silently: watchdog#427, #793; an emitter
         stops when its folder is deleted), then ask for a rescan."""
         for folder in self._folders:
-            if folder.alive() or now < folder.retry_at:
-                continue
-            log.warning("observer_died", folder=str(folder.folder), observer=folder.kind)
-            folder.stop(join_s=1.0)
-            try:
-                folder.start(self._factory, self.settings.poll_interval_s, self._push_event)
-            except OSError as exc:
-                folder.retry_at = now + folder.backoff_s
-                folder.backoff_s = min(folder.backoff_s * 2, 60.0)
-                log.error("observer_restart_failed", folder=str(folder.folder), error=str(exc))
-                continue
-            folder.backoff_s = 1.0
-            log.info("observer_restarted", folder=str(folder.folder), observer=folder.kind)
-            self._call(self._needs_rescan, f"observer restarted: {folder.folder}")
+            if folder.revive(now, self._factory, self.settings.poll_interval_s, self._push_event):
+                self._call(self._needs_rescan, f"observer restarted: {folder.folder}")
