@@ -5,5 +5,8 @@
 - ``loading``: loading the model, tokenizer and image processor; ClipUnavailableError.
 - ``clip``: ``ClipAnalyzer``, which scores images against the tables.
 
-Nothing is imported here, so ``daemon.analysis.labels`` can be used without loading torch.
+Nothing is imported here, so ``labels`` can be used without loading torch.
+
+May import: ``daemon.config``, ``daemon.records``, ``daemon.errors``, ``daemon.fs`` (the cache's
+atomic writes); nothing else of the pipeline.
 """

@@ -5,6 +5,9 @@
 - `prompts`: the chat messages per mode (pure).
 - `text`: cleaning model output, fitting the .txt line, the no-LLM `clip` template (pure).
 - `modes`: `Composer`, which picks the mode, retries, and falls back to the template.
+
+May import: `daemon.config`, `daemon.records`, `daemon.errors`, and `daemon.pipeline.load` for
+the JPEG a vision model receives; never the other stages.
 """
 
 from __future__ import annotations
