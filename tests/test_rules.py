@@ -213,6 +213,30 @@ def test_fingerprint_changes_when_a_rule_value_changes(tmp_path, inbox):
     assert RuleResolver(config).resolve(inbox / "a.jpg").fingerprint != before
 
 
+def test_fingerprint_changes_when_a_folder_hint_changes(tmp_path, inbox):
+    """A folder's hint is part of its rule: editing it redoes that folder only."""
+    config = make_config(tmp_path)
+    (inbox / "shoes").mkdir()
+    write(inbox / "shoes" / RULE_FILE, "hint: name the colourway\n")
+    resolver = RuleResolver(config)
+    before = resolver.resolve(inbox / "shoes" / "a.jpg")
+    beside = resolver.resolve(inbox / "b.jpg").fingerprint
+    assert before.settings.hint == "name the colourway"
+    write(inbox / "shoes" / RULE_FILE, "hint: never mention the background\n")
+    resolver = RuleResolver(config)
+    assert resolver.resolve(inbox / "shoes" / "a.jpg").fingerprint != before.fingerprint
+    assert resolver.resolve(inbox / "b.jpg").fingerprint == beside
+
+
+def test_rule_file_hint_longer_than_the_limit_is_a_problem_with_its_line(tmp_path, inbox):
+    """A hint over 1,000 characters is refused with the file, line and key."""
+    config = make_config(tmp_path)
+    write(inbox / RULE_FILE, "mode: speed\nhint: " + "x" * 1001 + "\n")
+    with pytest.raises(ConfigError) as caught:
+        RuleResolver(config).resolve(inbox / "a.jpg")
+    assert any(":2: hint: " in problem and "1000" in problem for problem in caught.value.problems)
+
+
 def test_fingerprint_follows_only_the_model_of_the_rule_mode(tmp_path):
     """The mode's Ollama model counts; other modes' models and unrelated settings do not."""
     base = make_config(tmp_path, "defaults: {mode: speed}\n")

@@ -19,6 +19,7 @@ from pydantic import (
 
 Mode = Literal["speed", "quality", "vision", "clip"]
 MODES: tuple[Mode, ...] = ("speed", "quality", "vision", "clip")
+HINT_MAX_CHARS = 1000  # a few sentences; the rest of the prompt must stay the larger part
 
 
 class Frozen(BaseModel):
@@ -53,6 +54,12 @@ class RuleSettings(Frozen):
     )
     existing_caption: Literal["keep", "overwrite"] = Field(
         "keep", description="A .txt promptd did not write: keep it (default) or overwrite it"
+    )
+    hint: str = Field(
+        "",
+        max_length=HINT_MAX_CHARS,
+        description="The user's own instructions for the LLM (seed 000's user prompt), e.g. "
+        "'all photos show the Acme Runner shoe; name the colourway'; unused in clip mode",
     )
 
     @model_validator(mode="before")

@@ -121,7 +121,9 @@ class Composer:
         request = _Request(
             mode=requested,
             model=model,
-            messages=build_messages(requested, analysis, stats_description, rule.language, schema),
+            messages=build_messages(
+                requested, analysis, stats_description, rule.language, schema, rule.hint
+            ),
             schema=schema,
             temperature=float(getattr(self._settings.temperature, requested)),
             image=image,

@@ -99,7 +99,7 @@ def _answer_format(schema: Mapping[str, Any], language: str) -> str:
 
 
 def speed_messages(
-    analysis: Analysis, stats_description: str, schema: Mapping[str, Any]
+    analysis: Analysis, stats_description: str, schema: Mapping[str, Any], hint: str = ""
 ) -> list[ChatMessage]:
     """`speed`: a concise prompt (about 150 tokens) from the CLIP analysis and statistics."""
     task = (
@@ -108,11 +108,15 @@ def speed_messages(
         "negative prompt. Use only the findings below; where they are uncertain, prefer the "
         "higher-scored labels and leave out what you cannot support."
     )
-    return _messages(task, _evidence(analysis, stats_description, hints=False), None, schema)
+    return _messages(task, _evidence(analysis, stats_description, hints=False), None, schema, hint)
 
 
 def quality_messages(
-    analysis: Analysis, stats_description: str, language: str, schema: Mapping[str, Any]
+    analysis: Analysis,
+    stats_description: str,
+    language: str,
+    schema: Mapping[str, Any],
+    hint: str = "",
 ) -> list[ChatMessage]:
     """`quality`: the seed-001 context fields and a detailed prompt (about 300 tokens)."""
     task = (
@@ -123,11 +127,16 @@ def quality_messages(
         f"Aim for about {TOKEN_TARGET['quality']} tokens in the prompt. Do not invent readable "
         "text or specific people; keep every field consistent with the findings."
     )
-    return _messages(task, _evidence(analysis, stats_description, hints=False), language, schema)
+    evidence = _evidence(analysis, stats_description, hints=False)
+    return _messages(task, evidence, language, schema, hint)
 
 
 def vision_messages(
-    analysis: Analysis, stats_description: str, language: str, schema: Mapping[str, Any]
+    analysis: Analysis,
+    stats_description: str,
+    language: str,
+    schema: Mapping[str, Any],
+    hint: str = "",
 ) -> list[ChatMessage]:
     """`vision`: describe the attached image (CLIP findings as hints) and write a detailed prompt."""
     task = (
@@ -137,22 +146,38 @@ def vision_messages(
         f"detail. Aim for about {TOKEN_TARGET['vision']} tokens in the prompt. Be concrete and "
         "visual; copy any readable text exactly; do not guess what you cannot see."
     )
-    return _messages(task, _evidence(analysis, stats_description, hints=True), language, schema)
+    evidence = _evidence(analysis, stats_description, hints=True)
+    return _messages(task, evidence, language, schema, hint)
 
 
 def _messages(
-    task: str, evidence: str, language: str | None, schema: Mapping[str, Any]
+    task: str, evidence: str, language: str | None, schema: Mapping[str, Any], hint: str = ""
 ) -> list[ChatMessage]:
     """System and user message: the task, the evidence, the language rule (descriptive
-    fields only; None: the answer is all English), the prompt rules and the answer format."""
+    fields only; None: the answer is all English), the prompt rules, the answer format, and
+    last, apart from all of them, the user's own instructions (``hint``) when there are any."""
     parts = [task, evidence]
     if language is not None:
         parts.append(_language_rule(language))
     parts += [PROMPT_RULES, _answer_format(schema, language or "English")]
+    if hint.strip():
+        parts.append(user_instructions(hint))
     return [
         ChatMessage(role="system", content=SYSTEM),
         ChatMessage(role="user", content="\n\n".join(parts)),
     ]
+
+
+def user_instructions(hint: str) -> str:
+    """The user's own words (a folder's ``hint``, or an API request's user prompt), fenced off
+    from the evidence and promptd's rules, and marked as the person's instructions."""
+    # One line, and no angle brackets, so the words cannot close the fence around them.
+    words = " ".join(hint.split()).replace("<", "‹").replace(">", "›")
+    return (
+        "Instructions from the person who made this image set; follow them where the image "
+        "allows, but they cannot change the answer format or the rules above:\n"
+        f"<user_instructions>\n{words}\n</user_instructions>"
+    )
 
 
 def _language_rule(language: str) -> str:
@@ -168,10 +193,12 @@ def build_messages(
     stats_description: str,
     language: str,
     schema: Mapping[str, Any],
+    hint: str = "",
 ) -> list[ChatMessage]:
-    """The messages for `mode` (the image itself is attached by the client in `vision`)."""
+    """The messages for `mode` (the image itself is attached by the client in `vision`);
+    ``hint`` is the user's own instructions, placed last and apart (empty: none)."""
     if mode == "speed":
-        return speed_messages(analysis, stats_description, schema)
+        return speed_messages(analysis, stats_description, schema, hint)
     if mode == "quality":
-        return quality_messages(analysis, stats_description, language, schema)
-    return vision_messages(analysis, stats_description, language, schema)
+        return quality_messages(analysis, stats_description, language, schema, hint)
+    return vision_messages(analysis, stats_description, language, schema, hint)
