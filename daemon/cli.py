@@ -1,4 +1,4 @@
-"""The `promptd` command: process, run, status, check-config, doctor."""
+"""The `promptd` command: process, run, worker, status, check-config, doctor."""
 
 from __future__ import annotations
 
@@ -61,7 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_process)
 
     p = command("run", "Watch the inbox folders and keep every image's sidecars current.")
+    p.add_argument(
+        "--worker",
+        action="store_true",
+        help="With distributed.broker: also run a local `promptd worker` on this machine",
+    )
     p.set_defaults(func=_cmd_run)
+
+    p = command("worker", "Process images from the broker (distributed.broker) on this machine.")
+    p.add_argument(
+        "--name", help="Worker name shown in `promptd status` (default: promptd-PID@HOST)"
+    )
+    p.set_defaults(func=_cmd_worker)
 
     p = command("status", "Show what the running service is doing.")
     p.set_defaults(func=_cmd_status)
@@ -179,7 +190,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
     config = _load(args)
     state = read_state(service_state_path(config))
     alive = state is not None and pid_alive(state.pid)
-    print(format_status(state, now=datetime.now(timezone.utc), alive=alive))
+    text = format_status(state, now=datetime.now(timezone.utc), alive=alive)
+    print(text, end="")
+    if config.distributed.broker is not None:
+        if not text.endswith("\n"):
+            print()
+        from daemon.distributed.status import format_distributed, read_status, status_path
+
+        folder = service_state_path(config).parent
+        print(format_distributed(read_status(status_path(folder))), end="")
+    print()
     return EXIT_OK if alive else EXIT_FAILED
 
 
@@ -188,7 +208,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args)
     configure_logging(config.log.level, config.log.format)
-    return run_service(config, config_path=config.source)
+    try:
+        return run_service(config, config_path=config.source, local_worker=args.worker)
+    except ModuleNotFoundError as exc:
+        return _missing_extra(exc)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config.distributed.broker is None:
+        where = config.source or "config.yaml"
+        print(
+            f"promptd worker: set distributed.broker in {where} (redis://HOST:PORT/DB)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    configure_logging(config.log.level, config.log.format)
+    try:
+        from daemon.distributed.worker import run_worker
+    except ModuleNotFoundError as exc:
+        return _missing_extra(exc)
+    return run_worker(config, args.name)
+
+
+def _missing_extra(exc: ModuleNotFoundError) -> int:
+    """distributed.broker is set but Celery is not installed: say how to install it."""
+    if (exc.name or "").split(".")[0] not in ("celery", "kombu", "redis", "billiard"):
+        raise exc
+    print(
+        f"promptd: distributed.broker needs {exc.name}: pip install 'promptd[distributed]'",
+        file=sys.stderr,
+    )
+    return EXIT_CONFIG
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

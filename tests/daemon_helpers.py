@@ -8,6 +8,7 @@ images quickly; the remaining helpers read what the daemon left on disk.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -19,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -115,7 +116,11 @@ class NotifyListener:
 
 
 class Daemon:
-    """One `promptd run` subprocess with its JSON log in ``log_path``."""
+    """One `promptd run` subprocess with its JSON log in ``log_path``.
+
+    ``command`` runs another subcommand (``("worker",)``); ``own_group`` starts it in its own
+    session and process group, so ``kill_group`` reaches its children too.
+    """
 
     def __init__(
         self,
@@ -124,6 +129,8 @@ class Daemon:
         *,
         notify: NotifyListener | None = None,
         env: Mapping[str, str] | None = None,
+        command: Sequence[str] = ("run",),
+        own_group: bool = False,
     ) -> None:
         self.config = config
         self.log_path = log_path
@@ -136,16 +143,18 @@ class Daemon:
         if notify is not None:
             environ["NOTIFY_SOCKET"] = notify.env_value
         environ.update(env or {})
+        self._own_group = own_group
         self._log = log_path.open("ab")
         self._log_offset = 0
         self._log_lines: list[dict[str, Any]] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "daemon.cli", *command, "--config", str(config)],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
             env=environ,
             cwd=config.parent,
+            start_new_session=own_group,
         )
 
     @property
@@ -201,6 +210,11 @@ class Daemon:
         """Send ``signum`` to the subprocess."""
         self.proc.send_signal(signum)
 
+    def kill_group(self) -> None:
+        """SIGKILL the whole process group (needs ``own_group``): a machine losing power."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
     def wait_exit(self, timeout: float) -> int:
         """Wait for the subprocess to exit; its return code (fails after ``timeout``)."""
         try:
@@ -217,6 +231,9 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        if self._own_group:  # a child the group leader left behind
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self._log.close()
 
 

@@ -7,6 +7,11 @@ schema-valid instance built from the words of the request (labels written as
 `label (0.91)` first, so a test can see its analysis reached the model), honours
 `num_predict` (about four characters a token) and records every request.
 
+Each model call is also logged in `calls` (`ModelCall`: the marker of the image it is for,
+the first `promptd-test-image:NAME` in its messages, e.g. from a folder's `hint`, and when it
+started and ended), and `on_call(marker)` runs as a call starts: tests use it to kill a worker
+at a chosen image.
+
 Fault switches are plain attributes, safe to change while it runs: `delay_s`, `missing`,
 `busy_count`, `drop_count`, `error_mid_stream`, `truncate`, `reply_override`, `replies`;
 `down()` closes the listening socket and every open connection, `up()` listens again on the
@@ -22,8 +27,9 @@ import json
 import re
 import socket
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,6 +68,27 @@ ROUTES: dict[str, frozenset[str]] = {
 }
 THINK_LEVELS = (True, False, "low", "medium", "high", "max")
 JSON_TYPE = "application/json; charset=utf-8"
+MARKER = re.compile(r"promptd-test-image:([\w.-]+)")
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """One chat or generate request: which image it was for, when it started and ended."""
+
+    marker: str | None
+    model: str
+    started: float  # time.monotonic() of this process
+    ended: float
+
+
+def _marker(body: Mapping[str, Any]) -> str | None:
+    texts = [str(m.get("content", "")) for m in body.get("messages") or [] if isinstance(m, dict)]
+    texts.append(str(body.get("prompt") or ""))
+    for text in texts:
+        found = MARKER.search(text)
+        if found:
+            return found.group(1)
+    return None
 
 
 def _now() -> str:
@@ -145,6 +172,8 @@ class FakeOllama:
         self.version = version
         self.vision_error_models = {_normalise(name) for name in vision_error_models}
         self.requests: list[RecordedRequest] = []
+        self.calls: list[ModelCall] = []
+        self.on_call: Callable[[str | None], None] | None = None
         self.loaded: dict[str, float] = {}  # model -> keep_alive seconds
         # fault switches
         self.delay_s = 0.0
@@ -267,7 +296,27 @@ class FakeOllama:
         elif path == "/api/show":
             self._show(h, parse_body(raw, "ShowRequest"))
         else:
-            self._model_call(h, parse_body(raw, "ChatRequest"), chat=path == "/api/chat")
+            self._logged_call(h, parse_body(raw, "ChatRequest"), chat=path == "/api/chat")
+
+    def _logged_call(self, h: _Handler, body: dict[str, Any], *, chat: bool) -> None:
+        """A model call, logged in `calls` once answered (a load-only request is not)."""
+        started = time.monotonic()
+        marker = _marker(body)
+        has_input = bool(body.get("messages") if chat else body.get("prompt"))
+        if has_input and self.on_call is not None:
+            self.on_call(marker)
+        try:
+            self._model_call(h, body, chat=chat)
+        finally:
+            if has_input:
+                call = ModelCall(marker, str(body.get("model") or ""), started, time.monotonic())
+                with self._lock:
+                    self.calls.append(call)
+
+    def calls_for(self, marker: str) -> list[ModelCall]:
+        """The logged model calls for the image marked ``marker``, oldest first."""
+        with self._lock:
+            return [c for c in self.calls if c.marker == marker]
 
     def _installed(self) -> list[str]:
         missing = {_normalise(name) for name in self.missing}

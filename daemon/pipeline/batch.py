@@ -101,8 +101,14 @@ def prepare_batch(
     return Prepared(tuple(paths), results, tuple(work))
 
 
-def finish_batch(prepared: Prepared, ctx: Context) -> list[Result]:
-    """CLIP over the batch at once, then compose and write each image; one log line each."""
+def finish_batch(
+    prepared: Prepared, ctx: Context, *, should_write: Callable[[Path], bool] | None = None
+) -> list[Result]:
+    """CLIP over the batch at once, then compose and write each image; one log line each.
+
+    ``should_write`` is asked just before an image's sidecars are written (a distributed
+    worker checks it still holds the image's lock); False skips the write.
+    """
     results = dict(prepared.results)
     work = prepared.work
     started = time.perf_counter()
@@ -120,6 +126,8 @@ def finish_batch(prepared: Prepared, ctx: Context) -> list[Result]:
             begun = time.perf_counter()
             composition = compose(img, an, a.rule, ctx)
             t["compose"] = elapsed_ms(begun)
+            if should_write is not None and not should_write(a.path):
+                return Result(a.path, "skipped", "lock lost before writing: another worker has it")
             return write_ok(a, img, an, composition, clip_reason, t, ctx)
 
         results[admitted.path] = _guard(admitted.path, finish)
@@ -130,10 +138,16 @@ def finish_batch(prepared: Prepared, ctx: Context) -> list[Result]:
 
 
 def process_batch(
-    paths: Sequence[Path], ctx: Context, *, force: bool = False, redo_degraded: bool = True
+    paths: Sequence[Path],
+    ctx: Context,
+    *,
+    force: bool = False,
+    redo_degraded: bool = True,
+    should_write: Callable[[Path], bool] | None = None,
 ) -> list[Result]:
     """Run every stage for a few paths; CLIP sees the decodable ones as one batch."""
-    return finish_batch(prepare_batch(paths, ctx, force=force, redo_degraded=redo_degraded), ctx)
+    prepared = prepare_batch(paths, ctx, force=force, redo_degraded=redo_degraded)
+    return finish_batch(prepared, ctx, should_write=should_write)
 
 
 def _guard(path: Path, step: Callable[[], _T]) -> _T | Result:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from daemon import sidecar
-from daemon.errors import PromptdError
-from daemon.pipeline.admit import Admitted
+from daemon.errors import ImageError, PromptdError
+from daemon.pipeline.admit import Admitted, admit
 from daemon.pipeline.compose.text import assemble_line
 from daemon.pipeline.context import Context
 from daemon.records import Analysis, Composition, EffectiveRule, LoadedImage, Result
@@ -111,6 +112,19 @@ def write_error(admitted: Admitted, error: PromptdError, timings: dict[str, floa
         # The image was fine before and is broken now: its old prompt no longer describes it.
         admitted.sidecars.txt.unlink(missing_ok=True)
     return Result(admitted.path, "error", error.message, None, written, dict(timings))
+
+
+def write_quarantined(path: Path, ctx: Context, reason: str) -> Result:
+    """Set ``path`` aside with an error record saying why (it crashed its worker): no .txt.
+
+    The record is fresh while the file is unchanged, so the image is not tried again until
+    it is replaced or its .json is deleted.
+    """
+    admitted = admit(path, ctx, force=True)
+    if isinstance(admitted, Result):
+        return admitted
+    message = f"quarantined: {reason}; replace the image or delete this .json to try again"
+    return write_error(admitted, ImageError(message, path), {})
 
 
 def elapsed_ms(started: float) -> float:

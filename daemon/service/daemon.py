@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -31,13 +33,23 @@ from daemon.service.state import service_state_path, write_state
 from daemon.service.tally import Tally
 from daemon.service.worker import Worker
 
+if TYPE_CHECKING:
+    from daemon.distributed.producer import Producer
+
 log = structlog.get_logger("promptd.service")
 
 
 class Service:
     """One running daemon; ``run()`` blocks until it is told to stop."""
 
-    def __init__(self, config: Config, config_path: Path | None, environ: dict[str, str]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None,
+        environ: dict[str, str],
+        *,
+        local_worker: bool = False,
+    ) -> None:
         self.config_path = config_path
         self.environ = environ
         self.notifier = Notifier.from_environ(environ)
@@ -51,7 +63,9 @@ class Service:
                 None, redo_degraded=False, reason="queue full"
             ),
         )
-        self.intake = Intake(self.live, self.queue, self.tally)
+        self.producer = self._producer(config, local_worker)
+        sink = self.queue if self.producer is None else self.producer.sink
+        self.intake = Intake(self.live, sink, self.tally)
         self.worker = Worker(self.live, self.queue, self.tally)
         self.health = HealthWatch(
             self.live, lambda: self.intake.request_scan(None, redo_degraded=True)
@@ -63,9 +77,12 @@ class Service:
         """Start everything, serve until SIGTERM/SIGINT, stop cleanly; returns the exit code."""
         self._install_signals()
         self._prepare_inboxes()
-        self._warm_up()
+        if self.producer is None:
+            self._warm_up()
+        else:
+            self.producer.start()  # the workers run the models
         self.intake.restart_watcher()
-        for thread in (self.worker.thread, self.intake.thread, self.health.thread):
+        for thread in self._threads():
             thread.start()
         self.intake.request_scan(None, redo_degraded=True)
         self.notifier.ready()
@@ -73,6 +90,30 @@ class Service:
         log.info("service_ready", inbox=inboxes, version=__version__)
         self._main_loop()
         return self._shutdown()
+
+    def _producer(self, config: Config, local_worker: bool) -> Producer | None:
+        """With ``distributed.broker`` this service is a producer: its images go to the broker
+        and workers run them (Celery is imported only then)."""
+        if config.distributed.broker is None:
+            if local_worker:
+                message = "--worker needs distributed.broker in config.yaml"
+                raise ConfigError(message, config.source, (message,))
+            return None
+        from daemon.distributed.producer import Producer
+
+        return Producer(
+            config,
+            self.live,
+            lambda reason: self.intake.request_scan(None, redo_degraded=False, reason=reason),
+            local_worker=local_worker,
+            state_dir=service_state_path(config).parent,
+        )
+
+    def _threads(self) -> tuple[threading.Thread, ...]:
+        """The threads this service runs: a producer runs no worker and no Ollama watch."""
+        if self.producer is not None:
+            return (self.intake.thread,)
+        return (self.worker.thread, self.intake.thread, self.health.thread)
 
     def _install_signals(self) -> None:
         def on_stop(signum: int, frame: FrameType | None) -> None:
@@ -123,9 +164,12 @@ class Service:
         self.intake.stop_watcher()
         self.queue.stop()
         timeout = self.live.config.watch.stop_timeout_s
-        self.worker.thread.join(timeout)
-        if self.worker.thread.is_alive():
-            log.warning("stop_timeout", seconds=timeout)
+        if self.producer is not None:
+            self.producer.stop()
+        else:
+            self.worker.thread.join(timeout)
+            if self.worker.thread.is_alive():
+                log.warning("stop_timeout", seconds=timeout)
         self._write_state()
         log.info("stopped", **dict(self.tally.outcomes))
         return 0
@@ -169,8 +213,9 @@ class Service:
 
     def healthy(self) -> bool:
         """The observers and every thread are alive (gates WATCHDOG=1)."""
-        threads = (self.worker.thread, self.intake.thread)
-        return self.intake.watcher_healthy() and all(t.is_alive() for t in threads)
+        threads = [t for t in self._threads() if t is not self.health.thread]
+        producing = self.producer is None or self.producer.healthy()
+        return producing and self.intake.watcher_healthy() and all(t.is_alive() for t in threads)
 
     def _write_state(self) -> None:
         state = self.tally.snapshot(
@@ -184,6 +229,6 @@ class Service:
             log.warning("state_write_failed", error=str(exc))
 
 
-def run_service(config: Config, config_path: Path | None) -> int:
-    """Entry point of `promptd run`."""
-    return Service(config, config_path, dict(os.environ)).run()
+def run_service(config: Config, config_path: Path | None, *, local_worker: bool = False) -> int:
+    """Entry point of `promptd run` (``local_worker``: `promptd run --worker`)."""
+    return Service(config, config_path, dict(os.environ), local_worker=local_worker).run()

@@ -13,13 +13,13 @@ import queue
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
 from daemon.errors import ConfigError
 from daemon.pipeline import is_candidate
 from daemon.service.live import Live
-from daemon.service.queue import JobQueue
 from daemon.service.tally import Tally
 from daemon.watch import follow
 from daemon.watch.scan import pending_images
@@ -28,10 +28,19 @@ from daemon.watch.watcher import Watcher
 log = structlog.get_logger("promptd.service")
 
 
-class Intake:
-    """Owns the watcher and the scanner thread; both put paths into ``queue``."""
+class PathSink(Protocol):
+    """Where found images go: the in-process ``JobQueue``, or the broker when several
+    machines share the work (``daemon.distributed.sink.BrokerSink``)."""
 
-    def __init__(self, live: Live, jobs: JobQueue, tally: Tally) -> None:
+    def put(self, path: Path) -> bool: ...
+
+    def put_wait(self, path: Path, stop: threading.Event) -> bool: ...
+
+
+class Intake:
+    """Owns the watcher and the scanner thread; both put paths into ``jobs``."""
+
+    def __init__(self, live: Live, jobs: PathSink, tally: Tally) -> None:
         self._live = live
         self._jobs = jobs
         self._tally = tally
