@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 INBOX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -109,11 +109,13 @@ class DistributedSettings(BaseModel):
             )
         return value
 
-    @model_validator(mode="after")
-    def _time_limit_below_visibility(self) -> DistributedSettings:
-        if self.task_time_limit_s >= self.visibility_timeout_s:
+    @field_validator("task_time_limit_s")
+    @classmethod
+    def _time_limit_below_visibility(cls, value: float, info: ValidationInfo) -> float:
+        visibility = info.data.get("visibility_timeout_s")
+        if visibility is not None and value >= visibility:
             raise ValueError(
-                "task_time_limit_s must be below visibility_timeout_s, or a slow image is "
+                f"must be below visibility_timeout_s ({visibility:g}), or a slow image is "
                 "handed to a second worker while the first still works on it"
             )
-        return self
+        return value

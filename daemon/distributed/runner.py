@@ -186,4 +186,5 @@ class Runner:
 
     def _current(self, name: str) -> None:
         with contextlib.suppress(RedisError):
-            self.coord.client.hset(self.coord.worker_key(self.worker_name), "current", name)
+            fields = {"current": name, "child_pid": str(os.getpid())}
+            self.coord.client.hset(self.coord.worker_key(self.worker_name), mapping=fields)
