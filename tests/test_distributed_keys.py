@@ -17,21 +17,21 @@ from daemon.errors import ConfigError
 
 pytest.importorskip("celery", reason="the distributed extra is not installed")
 
-from daemon.distributed.app import SERIALIZER, _decode, celery_settings, masked_url  # noqa: E402
-from daemon.distributed.inboxes import (  # noqa: E402
+from daemon.distributed.app import SERIALIZER, _decode, celery_settings, masked_url
+from daemon.distributed.inboxes import (
     absence_reason,
     inbox_map,
     key_for,
     local_path,
     wait_visible,
 )
-from daemon.distributed.keys import (  # noqa: E402
+from daemon.distributed.keys import (
     MAX_MESSAGE_BYTES,
     BadKey,
     ImageKey,
     key_from_message,
 )
-from daemon.distributed.status import (  # noqa: E402
+from daemon.distributed.status import (
     BrokerStatus,
     format_distributed,
     read_status,
@@ -241,7 +241,7 @@ def test_celery_settings_follow_the_reference() -> None:
                 "visibility_timeout_s": 900,
                 "task_time_limit_s": 600,
             }
-        }  # fmt: skip
+        }
     )
     conf = celery_settings(config.distributed)
 

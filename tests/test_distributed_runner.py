@@ -12,16 +12,16 @@ from structlog.testing import capture_logs
 
 pytest.importorskip("celery", reason="the distributed extra is not installed")
 
-from redis import Redis  # noqa: E402
+from redis import Redis
 
-from daemon.config.settings import Config  # noqa: E402
-from daemon.distributed.coord import Coordinator, Heartbeat  # noqa: E402
-from daemon.distributed.keys import ImageKey  # noqa: E402
-from daemon.distributed.runner import Runner  # noqa: E402
-from daemon.sidecar import validate_sidecar  # noqa: E402
-from tests.daemon_helpers import png_bytes, sidecar_doc, txt_path  # noqa: E402
-from tests.fake_ollama import FakeOllama  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
+from daemon.config.settings import Config
+from daemon.distributed.coord import Coordinator, Heartbeat
+from daemon.distributed.keys import ImageKey
+from daemon.distributed.runner import Runner
+from daemon.sidecar import validate_sidecar
+from tests.daemon_helpers import png_bytes, sidecar_doc, txt_path
+from tests.fake_ollama import FakeOllama
+from tests.redis_server import RedisServer
 
 KEY = ImageKey("inbox", "a/x.png", 1, 1)
 
@@ -50,7 +50,7 @@ def runner(
                 "queue": "promptd-test",
                 "lock_timeout_s": 3,
                 "file_wait_s": 0.5,
-            },  # fmt: skip
+            },
         }
     )
     return Runner(config, "test-worker")
