@@ -140,6 +140,17 @@ def test_release_for_frees_only_the_named_holders_lock(coord: Coordinator) -> No
     assert coord.lock(KEY, 60).acquire(blocking=False) is True
 
 
+def test_recheck_comes_due_after_its_delay_and_only_once(coord: Coordinator) -> None:
+    """A turned-away image is handed back to the producer once, when its time has come."""
+    coord.recheck_later(KEY, 0.5)
+    coord.client.zadd("promptd-test:recheck", {"not json": 0, '{"inbox": "../x"}': 0})
+
+    assert coord.due_rechecks() == []  # the hostile members are dropped, KEY is not due
+    time.sleep(0.7)
+    assert coord.due_rechecks() == [KEY]
+    assert coord.due_rechecks() == []
+
+
 def test_worker_beats_are_listed_until_they_lapse(coord: Coordinator) -> None:
     """A worker's hash is listed while its heartbeat lives."""
     coord.beat("gpu1", {"name": "gpu1", "pid": 7}, ttl_s=1)
@@ -207,6 +218,7 @@ def test_runner_with_lock_held_leaves_the_image_to_its_holder(
     assert outcome.result is None
     assert events(logs, "image_locked")[0]["redelivered"] is True
     assert fake_ollama.calls == [] and sidecar_doc(image) is None
+    assert runner.coord.client.zcard("promptd-test:recheck") == 1  # the producer looks again
 
 
 def test_runner_with_file_missing_here_reports_it_and_clears_the_mark(

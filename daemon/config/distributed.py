@@ -43,11 +43,12 @@ class DistributedSettings(BaseModel):
         description="An unacknowledged image goes to another worker after this long; "
         "keep it above the slowest image (a worker that died is only noticed then)",
     )
-    task_time_limit_s: float = Field(
+    task_time_limit_s: float | None = Field(
         1800.0,
         ge=5,
         description="A worker process still busy with one image after this long is killed "
-        "and replaced; must be below visibility_timeout_s",
+        "and replaced; must be below visibility_timeout_s; null: no limit (a slow image is "
+        "then handed out again after the visibility timeout, and the lock turns it away)",
     )
     lock_timeout_s: float = Field(
         120.0,
@@ -111,9 +112,11 @@ class DistributedSettings(BaseModel):
 
     @field_validator("task_time_limit_s")
     @classmethod
-    def _time_limit_below_visibility(cls, value: float, info: ValidationInfo) -> float:
+    def _time_limit_below_visibility(
+        cls, value: float | None, info: ValidationInfo
+    ) -> float | None:
         visibility = info.data.get("visibility_timeout_s")
-        if visibility is not None and value >= visibility:
+        if value is not None and visibility is not None and value >= visibility:
             raise ValueError(
                 f"must be below visibility_timeout_s ({visibility:g}), or a slow image is "
                 "handed to a second worker while the first still works on it"

@@ -10,6 +10,8 @@ The settings follow shared/reference/distributed-workers.md:
   it (the shortest value among apps sharing a broker wins, so every promptd machine uses the
   same config), and ``task_time_limit`` is kept below it; the per-image lock
   (``daemon.distributed.coord``) is what keeps a second worker off an image;
+- a new worker process loads its models before it takes an image (``worker_proc_alive_timeout``
+  raised from 4 s), and the hard time limit requeues the image like a crash;
 - no result backend (the results are the sidecars), connection retries forever, a soft
   shutdown so a second SIGTERM still lets the image in hand finish;
 - only promptd's own JSON serializer is accepted, and it refuses a body over 16 KB before
@@ -29,6 +31,7 @@ from daemon.config.distributed import DistributedSettings
 from daemon.distributed.keys import MAX_MESSAGE_BYTES
 
 TASK_NAME = "promptd.image"
+WARM_UP_TIMEOUT_S = 600.0
 SERIALIZER = "promptd-json"
 CONTENT_TYPE = "application/x-promptd-json"
 
@@ -71,7 +74,10 @@ def celery_settings(settings: DistributedSettings) -> dict[str, Any]:
         "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "task_acks_on_failure_or_timeout": True,
+        "task_acks_on_failure": True,  # an exception is a result (the pipeline records it)
+        # A child killed by the hard time limit is a hang: requeue, as for a crash (the
+        # crash count then quarantines an image that hangs every worker).
+        "task_acks_on_timeout": False,
         "task_time_limit": settings.task_time_limit_s,
         "task_default_queue": settings.queue,
         "task_create_missing_queues": True,
@@ -81,6 +87,9 @@ def celery_settings(settings: DistributedSettings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": 1,
         "worker_max_tasks_per_child": None,  # never reload the models per image
+        # A new child loads the models before it takes an image (worker_process_init), which
+        # takes longer than Celery's 4 s default; the time limit then covers the image only.
+        "worker_proc_alive_timeout": WARM_UP_TIMEOUT_S,
         "worker_soft_shutdown_timeout": settings.soft_shutdown_timeout_s,
         # A lost connection does not cancel the image in hand: the lock guards its write.
         "worker_cancel_long_running_tasks_on_connection_loss": False,

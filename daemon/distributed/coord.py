@@ -10,6 +10,9 @@ Per image (by ``ImageKey.digest``), under the queue name as prefix:
   the lock's, so a dead worker's mark lapses and a later scan sends the image again; a mark
   never taken lapses after ``queued_ttl_s``.
 - ``dirty``: the producer saw the image change while it was in hand: send it once more.
+- ``recheck`` (one sorted set): images a worker turned away because their lock was held, to
+  be looked at again by the producer once the holder should be done; if the holder died (its
+  lock and mark lapse), the producer sends the image again without waiting for a full scan.
 - ``crashes``: incremented when a worker starts on the image, cleared when it ends without its
   process dying; a count of 2 on arrival means two workers died on it: quarantine.
 
@@ -18,7 +21,9 @@ Per worker: a hash with its host, pid, counts and last heartbeat, expiring when 
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from typing import Any
 
 import structlog
@@ -26,7 +31,7 @@ from redis import Redis
 from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 
-from daemon.distributed.keys import ImageKey
+from daemon.distributed.keys import BadKey, ImageKey, key_from_message
 
 log = structlog.get_logger("promptd.distributed")
 CRASH_TTL_S = 7 * 86400
@@ -59,6 +64,34 @@ class Coordinator:
         """The image changed while queued or in hand: if in hand, it is sent once more after."""
         if self.client.exists(self._key("lock", key)):
             self.client.set(self._key("dirty", key), "1", ex=self.queued_ttl)
+
+    def in_hand(self, key: ImageKey) -> bool:
+        """Some worker holds ``key``'s lock."""
+        return bool(self.client.exists(self._key("lock", key)))
+
+    def mark_left_s(self, key: ImageKey) -> int:
+        """Seconds the queued mark still lives; -2 when there is none."""
+        return int(self.client.ttl(self._key("queued", key)))
+
+    def recheck_later(self, key: ImageKey, delay_s: float) -> None:
+        """Ask the producer to look at ``key`` again in ``delay_s`` seconds."""
+        member = json.dumps(key.to_message(), ensure_ascii=True, sort_keys=True)
+        self.client.zadd(f"{self.prefix}:recheck", {member: time.time() + delay_s})
+
+    def due_rechecks(self, limit: int = 100) -> list[ImageKey]:
+        """The keys whose recheck time has come (taken off the set)."""
+        name = f"{self.prefix}:recheck"
+        members = self.client.zrangebyscore(name, "-inf", time.time(), start=0, num=limit)
+        found = []
+        for member in members:
+            if not isinstance(member, (bytes, str)):
+                continue
+            if self.client.zrem(name, member):
+                try:
+                    found.append(key_from_message(json.loads(member)))
+                except (ValueError, BadKey):
+                    continue  # not ours: dropped
+        return found
 
     def follow_holder(self, key: ImageKey, ttl_s: float) -> None:
         """While a worker holds ``key``, its queued mark lives only as long as the lock would."""

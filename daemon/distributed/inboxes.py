@@ -19,8 +19,13 @@ from daemon.distributed.keys import ImageKey
 from daemon.errors import ConfigError
 
 
-def inbox_map(config: Config) -> dict[str, Path]:
-    """Inbox name -> this machine's absolute folder; raises ConfigError on a clash or bad name."""
+def inbox_map(config: Config, *, watched: bool = True) -> dict[str, Path]:
+    """Inbox name -> this machine's absolute folder; raises ConfigError on a clash or bad name.
+
+    ``watched``: the `inbox` folders are watched here (the producer), so each needs a name of
+    its own. A worker only maps names: an explicit entry wins over an `inbox` folder (such as
+    the default ``./inbox``) of the same folder name.
+    """
     base = config.source.parent if config.source is not None else Path.cwd()
     named = {
         name: (base / Path(folder).expanduser()).resolve()
@@ -38,6 +43,8 @@ def inbox_map(config: Config) -> dict[str, Path]:
                 "is not a usable inbox name)"
             )
         elif name in named and named[name] != folder:
+            if not watched:
+                continue
             problems.append(
                 f"distributed.inboxes: inboxes {named[name]} and {folder} are both named "
                 f"{name!r}; give one of them another name"
@@ -47,11 +54,6 @@ def inbox_map(config: Config) -> dict[str, Path]:
     if problems:
         raise ConfigError(problems[0], config.source, tuple(problems))
     return named
-
-
-def worker_config(config: Config) -> Config:
-    """``config`` with ``inbox`` set to the mapped folders (the pipeline admits only those)."""
-    return config.model_copy(update={"inbox": tuple(inbox_map(config).values())})
 
 
 def key_for(path: Path, st: os.stat_result, names: Mapping[Path, str]) -> ImageKey | None:

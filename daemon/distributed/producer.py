@@ -34,6 +34,8 @@ from daemon.distributed.coord import Coordinator
 from daemon.distributed.inboxes import inbox_map
 from daemon.distributed.sink import BrokerSink
 from daemon.distributed.status import BrokerStatus, status_path, write_status
+from daemon.pipeline.admit import admit
+from daemon.records import Result
 from daemon.service.live import Live
 
 log = structlog.get_logger("promptd.distributed")
@@ -63,7 +65,8 @@ class Producer:
         self.app = make_app(settings)
         client = Redis.from_url(str(settings.broker), socket_timeout=10, socket_connect_timeout=5)
         self.coord = Coordinator(client, settings.queue, queued_ttl_s=settings.queued_ttl_s)
-        names = {folder: name for name, folder in inbox_map(config).items()}
+        self._folders = inbox_map(config)
+        names = {folder: name for name, folder in self._folders.items()}
         self.sink = BrokerSink(
             self.app,
             self.coord,
@@ -144,7 +147,29 @@ class Producer:
         self._status = _replace(status, queued=queued, in_hand=in_hand, workers=workers)
         self._follow_workers(workers)
         self._write()
+        try:
+            self._recheck()
+        except (RedisError, OSError) as exc:
+            self._went_down(f"{type(exc).__name__}: {exc}")
         return True
+
+    def _recheck(self) -> None:
+        """Images a worker turned away (lock held): once the holder should be done, send the
+        image again if it is still pending and nobody holds it (the holder died)."""
+        follow = self._settings.lock_timeout_s * 2
+        for key in self.coord.due_rechecks():
+            folder = self._folders.get(key.inbox)
+            if folder is None:
+                continue
+            path = folder.joinpath(*key.path.split("/"))
+            if isinstance(admit(path, self._live.ctx), Result):
+                continue  # done meanwhile, gone, or not an image promptd handles
+            left = self.coord.mark_left_s(key)
+            if self.coord.in_hand(key) or 0 < left <= follow + 1:
+                self.coord.recheck_later(key, max(left, self._settings.lock_timeout_s) + 1)
+            elif left == -2:
+                log.info("image_resent", image=key.name, reason="its holder stopped reporting")
+                self.sink.put(path)
 
     def _follow_workers(self, workers: tuple[dict[str, str], ...]) -> None:
         """``live.ollama_up`` is what the workers see (the periodic rescan redoes degraded

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +58,7 @@ class Runner:
     """The worker process's pipeline context, Redis keys and this machine's inbox folders."""
 
     def __init__(self, config: Config, worker_name: str) -> None:
-        self.folders = inbox_map(config)
+        self.folders = inbox_map(config, watched=False)
         self.config = config.model_copy(update={"inbox": tuple(self.folders.values())})
         self.settings = self.config.distributed
         self.live = Live(self.config, GpuLock(self.config.gpu.exclusive))
@@ -71,34 +70,30 @@ class Runner:
         self.coord = Coordinator(
             client, self.settings.queue, queued_ttl_s=self.settings.queued_ttl_s
         )
-        self._warming = threading.Lock()
 
     def warm_up(self) -> None:
         """Load the Ollama model first, then CLIP (Ollama falls back to CPU if VRAM is taken);
         a failure here only means the first image tries again."""
-        with self._warming:
-            live = self.live
-            mode = live.config.defaults.mode
-            if mode != "clip":
-                try:
-                    live.llm.preload(getattr(live.config.ollama.models, mode))
-                    live.ollama_up = True
-                except PromptdError as exc:
-                    live.ollama_up = False
-                    log.warning("ollama_unavailable", error=str(exc))
-            analyzer = live.ctx.analyzer
-            if isinstance(analyzer, ClipAnalyzer):
-                try:
-                    analyzer.load()
-                except PromptdError as exc:
-                    log.error("clip_unavailable", error=str(exc))
-            log.info("worker_warm", worker=self.worker_name, ollama=live.ollama_state,
-                     clip_device=str(getattr(analyzer, "device", "none")))  # fmt: skip
+        live = self.live
+        mode = live.config.defaults.mode
+        if mode != "clip":
+            try:
+                live.llm.preload(getattr(live.config.ollama.models, mode))
+                live.ollama_up = True
+            except PromptdError as exc:
+                live.ollama_up = False
+                log.warning("ollama_unavailable", error=str(exc))
+        analyzer = live.ctx.analyzer
+        if isinstance(analyzer, ClipAnalyzer):
+            try:
+                analyzer.load()
+            except PromptdError as exc:
+                log.error("clip_unavailable", error=str(exc))
+        log.info("worker_warm", worker=self.worker_name, ollama=live.ollama_state,
+                 clip_device=str(getattr(analyzer, "device", "none")))  # fmt: skip
 
     def handle(self, payload: Any, *, task_id: str, attempt: int, redelivered: bool) -> Outcome:
         """Process one task's image; see the module docstring for the order of the checks."""
-        with self._warming:  # a task that arrives during the warm-up waits for it
-            pass
         try:
             key = key_from_message(payload)
         except BadKey as exc:
@@ -111,8 +106,11 @@ class Runner:
         lock = self.coord.lock(key, self.settings.lock_timeout_s)
         token = lock_token(socket.gethostname(), os.getpid(), task_id)
         if not lock.acquire(blocking=False, token=token):
+            later = self.settings.lock_timeout_s * 2
+            self.coord.recheck_later(key, later)
             log.info("image_locked", image=key.name, redelivered=redelivered,
-                     reason="another worker holds it; leaving it to that worker")  # fmt: skip
+                     reason="another worker holds it; leaving it to that worker",
+                     recheck_in_s=later)  # fmt: skip
             return Outcome()
         self._current(key.name)
         try:
@@ -186,5 +184,7 @@ class Runner:
 
     def _current(self, name: str) -> None:
         with contextlib.suppress(RedisError):
-            fields = {"current": name, "child_pid": str(os.getpid())}
-            self.coord.client.hset(self.coord.worker_key(self.worker_name), mapping=fields)
+            self.coord.client.hset(
+                self.coord.worker_key(self.worker_name),
+                mapping={"current": name, "child_pid": str(os.getpid())},
+            )

@@ -3,7 +3,8 @@
 The task body runs in the prefork child: it builds the ``Runner`` (and so the models) on its
 first image, then hands each payload to it. ``ImageRequest`` runs in the worker's parent
 process: when the child dies with an image in hand (a segfault, the OOM killer, the hard time
-limit), Celery requeues the message at once (``task_reject_on_worker_lost``); the parent then
+limit), Celery requeues the message at once (``task_reject_on_worker_lost``,
+``task_acks_on_timeout`` off); the parent then
 releases the dead child's lock, which it can name (host, child pid, task id), so the requeued
 task is not turned away by a lock nobody will ever release.
 """
@@ -16,7 +17,7 @@ import threading
 from typing import Any
 
 import structlog
-from billiard.exceptions import WorkerLostError
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import Celery, Task
 from celery.worker.request import Request
 from redis import Redis
@@ -50,14 +51,9 @@ class RunnerHolder:
                 self._runner, self._pid = Runner(self.config, self.worker_name), os.getpid()
             return self._runner
 
-    def warm_up_in_background(self) -> None:
-        """In a new child: build the runner and load the models without holding up start-up
-        (a task arriving meanwhile waits for the runner, not for a second copy)."""
-
-        def warm() -> None:
-            self.get().warm_up()
-
-        threading.Thread(target=warm, name="promptd-warm-up", daemon=True).start()
+    def warm_up(self) -> None:
+        """In a new child, before it takes an image: build the runner, load the models."""
+        self.get().warm_up()
 
 
 class ImageRequest(Request):  # type: ignore[misc]
@@ -70,7 +66,7 @@ class ImageRequest(Request):  # type: ignore[misc]
     ) -> Any:
         exc = getattr(exc_info, "exception", None)
         exc = getattr(exc, "exc", exc)
-        if isinstance(exc, (WorkerLostError, SystemExit)) and self.coord is not None:
+        if isinstance(exc, (WorkerLostError, TimeLimitExceeded, SystemExit)) and self.coord:
             self._release_dead_childs_lock()
         return super().on_failure(
             exc_info, send_failed_event=send_failed_event, return_ok=return_ok

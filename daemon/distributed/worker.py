@@ -6,8 +6,9 @@ decoder gets the child killed and replaced, never the worker); a child that dies
 once and its message requeued (``WorkerLostError`` with reject-on-lost), where with ``solo``
 a dead worker's image waits for the visibility timeout; and the parent keeps talking to the
 broker (heartbeats, remote control, Flower) while the child works. The price: CUDA must not be
-touched before the fork, so the parent never imports torch, and the child builds the models
-on a background thread as it starts (``worker_process_init`` handlers get only 4 s).
+touched before the fork, so the parent never imports torch; each child loads the models in
+``worker_process_init`` before it takes an image (Celery's 4 s budget for that hook is raised
+to ``WARM_UP_TIMEOUT_S``).
 
 systemd: READY=1 once the worker consumes from the broker, STOPPING=1 on shutdown. The
 first SIGTERM stops taking images and lets the one in hand finish (Celery's warm shutdown).
@@ -89,7 +90,7 @@ def run_worker(config: Config, name: str | None = None) -> int:
     """Run one Celery worker process until it is stopped; returns its exit code."""
     settings = config.distributed
     name = name or default_name()
-    folders = inbox_map(config)
+    folders = inbox_map(config, watched=False)
     for inbox, folder in folders.items():
         if not folder.is_dir():
             log.warning("inbox_missing", inbox=inbox, folder=str(folder),
@@ -113,7 +114,7 @@ def run_worker(config: Config, name: str | None = None) -> int:
         log.info("worker_stopping", worker=name)
 
     def on_child(**_: Any) -> None:
-        holder.warm_up_in_background()
+        holder.warm_up()
 
     for noisy in ("celery.worker.strategy", "celery.app.trace"):  # two lines per image
         logging.getLogger(noisy).setLevel(logging.WARNING)
