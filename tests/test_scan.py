@@ -81,3 +81,17 @@ def test_scan_held_folder_yields_its_images_for_the_worker_to_record(
     assert pending(ctx) == set(good)
     results = process_batch(sorted(pending_images(inbox, ctx, redo_degraded=False)), ctx)
     assert {r.outcome for r in results} == {"held"}
+
+
+def test_scan_ignores_nfs_silly_rename_placeholders(
+    tmp_path: Path, tiny_clip_dir: Path, fake_ollama: FakeOllama
+) -> None:
+    """`.nfsXXXX` files (an open file deleted on an NFS share) are never pending images."""
+    ctx = context(tmp_path, tiny_clip_dir, fake_ollama.url)
+    inbox = ctx.config.inbox[0]
+    make_good_images(inbox)
+    placeholder = inbox / ".nfs000000000123abcd00000001.png"
+    placeholder.write_bytes((inbox / "scene.png").read_bytes())
+
+    assert placeholder.name not in pending(ctx)
+    assert "scene.png" in pending(ctx)

@@ -23,7 +23,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_UNIT = ROOT / "systemd" / "promptd.service"
 USER_UNIT = ROOT / "systemd" / "promptd-user.service"
-UNITS = [SYSTEM_UNIT, USER_UNIT]
+WORKER_UNIT = ROOT / "systemd" / "promptd-worker.service"
+UNITS = [SYSTEM_UNIT, USER_UNIT, WORKER_UNIT]
+COMMAND = {SYSTEM_UNIT: "run", USER_UNIT: "run", WORKER_UNIT: "worker"}
 
 # The system unit's exposure score must stay at or below this ("OK" is below 4.0; it is 1.6
 # with systemd 252). Margin is left for other systemd versions weighing options differently.
@@ -164,8 +166,12 @@ def test_verify_harness_with_misspelled_key_reports_it(tmp_path: Path) -> None:
 @needs_analyze
 @pytest.mark.parametrize(
     ("unit", "threshold"),
-    [(SYSTEM_UNIT, SYSTEM_SCORE_THRESHOLD), (USER_UNIT, USER_SCORE_THRESHOLD)],
-    ids=["promptd.service", "promptd-user.service"],
+    [
+        (SYSTEM_UNIT, SYSTEM_SCORE_THRESHOLD),
+        (USER_UNIT, USER_SCORE_THRESHOLD),
+        (WORKER_UNIT, SYSTEM_SCORE_THRESHOLD),
+    ],
+    ids=["promptd.service", "promptd-user.service", "promptd-worker.service"],
 )
 def test_unit_security_exposure_stays_under_threshold(
     unit: Path, threshold: float, tmp_path: Path
@@ -182,7 +188,8 @@ def test_unit_security_exposure_stays_under_threshold(
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
 def test_unit_exec_start_runs_the_promptd_console_script(unit: Path) -> None:
-    """ExecStart= is `<venv>/bin/promptd run --config <file>`, the script pyproject declares."""
+    """ExecStart= is `<venv>/bin/promptd run|worker --config <file>`, the script pyproject
+    declares."""
     tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11")
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     (exec_start,) = values(unit, "ExecStart")
@@ -190,12 +197,13 @@ def test_unit_exec_start_runs_the_promptd_console_script(unit: Path) -> None:
 
     assert argv[0].endswith("/.venv/bin/promptd")
     assert scripts[Path(argv[0]).name] == "daemon.cli:main"
-    assert argv[1:3] == ["run", "--config"]
+    assert argv[1:3] == [COMMAND[unit], "--config"]
     assert argv[3].endswith("/config.yaml")
 
 
-def test_promptd_run_accepts_the_units_arguments() -> None:
-    """The installed console script has a `run` subcommand taking --config."""
+@pytest.mark.parametrize("command", ["run", "worker"])
+def test_promptd_run_accepts_the_units_arguments(command: str) -> None:
+    """The installed console script has the units' subcommands, taking --config."""
     if not (ROOT / "daemon" / "cli.py").exists():
         pytest.skip("daemon/cli.py is not written yet")
     script = Path(sys.executable).parent / "promptd"
@@ -203,7 +211,7 @@ def test_promptd_run_accepts_the_units_arguments() -> None:
         pytest.skip(f"the promptd console script is not installed next to {sys.executable}")
 
     result = subprocess.run(
-        [str(script), "run", "--help"], capture_output=True, text=True, timeout=120
+        [str(script), command, "--help"], capture_output=True, text=True, timeout=120
     )
 
     assert result.returncode == 0, result.stderr
@@ -269,3 +277,26 @@ def test_unit_every_directive_has_a_comment_above_it(unit: Path) -> None:
     ]
 
     assert uncommented == []
+
+
+def test_worker_unit_sets_the_required_service_options() -> None:
+    """The worker unit is hardened like the system unit and stops Celery the way it expects."""
+    found = {d.key: d.value for d in parse_unit(WORKER_UNIT.read_text())}
+    required = {
+        "Type": "notify",
+        "NotifyAccess": "main",
+        "KillMode": "mixed",
+        "User": "promptd",
+        "Restart": "on-failure",
+        "ProtectSystem": "strict",
+        "ProtectHome": "true",
+        "NoNewPrivileges": "true",
+        "DevicePolicy": "closed",
+        "CapabilityBoundingSet": "",
+        "WantedBy": "multi-user.target",
+    }
+
+    assert {key: found.get(key) for key in required} == required
+    assert "remote-fs.target" in found["After"].split()
+    assert "WatchdogSec" not in found  # the hard time limit catches a hung image
+    assert not {"PrivateDevices", "MemoryDenyWriteExecute", "DynamicUser"} & found.keys()

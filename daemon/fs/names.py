@@ -30,6 +30,9 @@ IGNORED_PATTERNS: tuple[str, ...] = (
     "*.temp",
     "__MACOSX",
     "System Volume Information",
+    # NFS "silly rename": a file deleted or replaced while open becomes .nfsXXXX until closed
+    # (already hidden; named for the scans of shared inboxes, which must never send one).
+    ".nfs*",
 )
 
 
