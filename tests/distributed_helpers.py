@@ -51,6 +51,33 @@ def marker(image: Path) -> str:
     return image.stem
 
 
+def write_config(
+    root: Path,
+    name: str,
+    clip_dir: Path,
+    cache_dir: Path,
+    ollama_url: str,
+    inbox: Path,
+    distributed: dict[str, Any] | None,
+) -> Path:
+    """``root/config-NAME.yaml``: the tiny CLIP, the fake Ollama, short settle time, long
+    rescans; ``distributed`` None means one machine (no broker)."""
+    config: dict[str, Any] = {
+        "inbox": str(inbox),
+        "cache_dir": str(cache_dir),
+        "state_dir": str(root / f"state-{name}"),
+        "clip": {"model": str(clip_dir), "device": "cpu", "offline": True},
+        "ollama": {"host": ollama_url, "retries": 0},
+        "log": {"format": "json", "level": "info"},
+        "watch": {"settle_s": 0.3, "rescan_interval_s": 600},
+    }
+    if distributed is not None:
+        config["distributed"] = distributed
+    path = root / f"config-{name}.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
 class Cluster:
     """Configs and processes of one distributed test; ``stop`` ends every process it started."""
 
@@ -66,19 +93,8 @@ class Cluster:
     def config(self, name: str, *, inbox: Path | None = None, **distributed: Any) -> Path:
         """A config.yaml for one process: the tiny CLIP, the fake Ollama, the test broker."""
         settings = {"broker": self.redis.url, **FAST, **distributed}
-        config = {
-            "inbox": str(inbox or self.inbox),
-            "cache_dir": str(self.cache_dir),
-            "state_dir": str(self.root / f"state-{name}"),
-            "clip": {"model": str(self.clip_dir), "device": "cpu", "offline": True},
-            "ollama": {"host": self.fake.url, "retries": 0},
-            "log": {"format": "json", "level": "info"},
-            "watch": {"settle_s": 0.3, "rescan_interval_s": 600},
-            "distributed": settings,
-        }
-        path = self.root / f"config-{name}.yaml"
-        path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        return path
+        return write_config(self.root, name, self.clip_dir, self.cache_dir, self.fake.url,
+                            inbox or self.inbox, settings)  # fmt: skip
 
     def producer(
         self, name: str = "producer", *, extra: Iterable[str] = (), **distributed: Any

@@ -191,6 +191,8 @@ class Service:
         analyzer = live.ctx.analyzer
         keep = analyzer if same_clip and isinstance(analyzer, ClipAnalyzer) else None
         live.apply(new, keep)
+        if new.distributed != old.distributed:
+            log.warning("reload_distributed_ignored", hint="restart to change distributed:")
         if (new.inbox, new.watch, new.images) != (old.inbox, old.watch, old.images):
             self.intake.restart_watcher()
         log.info("config_reloaded", file=str(self.config_path))
