@@ -11,6 +11,7 @@ May import: ``daemon.errors``, ``daemon.records`` (rules only) and ``daemon.fs``
 from daemon.config.load import cache_dir, default_config_path, load_config
 from daemon.config.settings import (
     MODES,
+    ApiSettings,
     ClipSettings,
     Config,
     GpuSettings,
@@ -27,6 +28,7 @@ from daemon.config.settings import (
 
 __all__ = [
     "MODES",
+    "ApiSettings",
     "ClipSettings",
     "Config",
     "GpuSettings",

@@ -17,6 +17,8 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.config.apisettings import ApiSettings
+
 Mode = Literal["speed", "quality", "vision", "clip"]
 MODES: tuple[Mode, ...] = ("speed", "quality", "vision", "clip")
 HINT_MAX_CHARS = 1000  # a few sentences; the rest of the prompt must stay the larger part
@@ -228,6 +230,7 @@ class Config(Frozen):
     gpu: GpuSettings = Field(default_factory=GpuSettings)  # type: ignore[arg-type]
     log: LogSettings = Field(default_factory=LogSettings)  # type: ignore[arg-type]
     defaults: RuleSettings = Field(default_factory=RuleSettings)  # type: ignore[arg-type]
+    api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
     source: Path | None = Field(None, description="(set by the loader) the file this came from")
 
     @field_validator("inbox", mode="before")
