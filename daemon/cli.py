@@ -184,11 +184,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from daemon.api.launch import api_companions
     from daemon.service.daemon import run_service
 
     config = _load(args)
     configure_logging(config.log.level, config.log.format)
-    return run_service(config, config_path=config.source)
+    return run_service(config, config_path=config.source, companions_for=api_companions)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

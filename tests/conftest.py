@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures_clip",
     "tests.fixtures_ollama",
     "tests.fixtures_images",
+    "tests.fixtures_api",
 ]

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 import structlog
 
@@ -32,6 +35,18 @@ from daemon.service.tally import Tally
 from daemon.service.worker import Worker
 
 log = structlog.get_logger("promptd.service")
+
+
+class Companion(Protocol):
+    """Something that serves beside the folder (the HTTP API): started before READY, stopped
+    first on the way out, within the time it is given."""
+
+    name: str
+    url: str
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float) -> bool: ...
 
 
 class Service:
@@ -56,12 +71,15 @@ class Service:
         self.health = HealthWatch(
             self.live, lambda: self.intake.request_scan(None, redo_degraded=True)
         )
+        self.companions: list[Companion] = []
 
     # --- start and stop ------------------------------------------------------------------
 
     def run(self) -> int:
         """Start everything, serve until SIGTERM/SIGINT, stop cleanly; returns the exit code."""
         self._install_signals()
+        for companion in self.companions:  # a port in use fails the start, before any work
+            companion.start()
         self._prepare_inboxes()
         self._warm_up()
         self.intake.restart_watcher()
@@ -121,9 +139,12 @@ class Service:
     def _shutdown(self) -> int:
         self.notifier.stopping()
         self.intake.stop_watcher()
-        self.queue.stop()
         timeout = self.live.config.watch.stop_timeout_s
-        self.worker.thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for companion in self.companions:  # ends open streams and waiting uploads too
+            companion.stop(max(0.0, deadline - time.monotonic()))
+        self.queue.stop()
+        self.worker.thread.join(max(0.0, deadline - time.monotonic()))
         if self.worker.thread.is_alive():
             log.warning("stop_timeout", seconds=timeout)
         self._write_state()
@@ -149,6 +170,8 @@ class Service:
         live.apply(new, keep)
         if (new.inbox, new.watch, new.images) != (old.inbox, old.watch, old.images):
             self.intake.restart_watcher()
+        if new.api != old.api and self.companions:
+            log.warning("api_settings_need_restart", detail="api.* changes apply at the next start")
         log.info("config_reloaded", file=str(self.config_path))
         self.intake.request_scan(None, redo_degraded=True)
         self.notifier.ready()
@@ -177,6 +200,7 @@ class Service:
             queue=len(self.queue),
             ollama=self.live.ollama_state,
             clip_device=str(getattr(self.live.ctx.analyzer, "device", "unknown")),
+            api_url=next((c.url for c in self.companions if c.name == "http api"), ""),
         )
         try:
             write_state(service_state_path(self.live.config), state)
@@ -184,6 +208,13 @@ class Service:
             log.warning("state_write_failed", error=str(exc))
 
 
-def run_service(config: Config, config_path: Path | None) -> int:
-    """Entry point of `promptd run`."""
-    return Service(config, config_path, dict(os.environ)).run()
+def run_service(
+    config: Config,
+    config_path: Path | None,
+    companions_for: Callable[[Service], Sequence[Companion]] | None = None,
+) -> int:
+    """Entry point of `promptd run`; ``companions_for`` adds what serves beside it (the API)."""
+    service = Service(config, config_path, dict(os.environ))
+    if companions_for is not None:
+        service.companions.extend(companions_for(service))
+    return service.run()
