@@ -147,7 +147,7 @@ def _probe_health(host: str, port: int, timeout_s: float) -> str | None:
         with socket.create_connection((host, port), timeout=timeout_s) as conn:
             shown = f"[{host}]" if ":" in host else host
             conn.sendall(f"GET /health HTTP/1.0\r\nHost: {shown}:{port}\r\n\r\n".encode())
-            chunks = []
+            chunks: list[bytes] = []
             while sum(len(c) for c in chunks) < 65536:
                 chunk = conn.recv(4096)
                 if not chunk:

@@ -61,7 +61,7 @@ def router(deps: ApiDeps) -> APIRouter:
         if name in A1111_MODELS:
             mode = A1111_MODELS[name]
         elif name in MODES and name != "clip":
-            mode = name  # type: ignore[assignment]
+            mode = name
         else:
             raise ApiError(404, "Model not found", kind="HTTPException")
         data = decode_base64(request.image, limit)

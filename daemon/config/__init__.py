@@ -8,10 +8,10 @@ of promptd reads a config file.
 May import: ``daemon.errors``, ``daemon.records`` (rules only) and ``daemon.fs``.
 """
 
+from daemon.config.apisettings import ApiSettings
 from daemon.config.load import cache_dir, default_config_path, load_config
 from daemon.config.settings import (
     MODES,
-    ApiSettings,
     ClipSettings,
     Config,
     GpuSettings,

@@ -111,7 +111,9 @@ def decode_image(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            source = Image.open(io.BytesIO(data), formats=formats)
+            source = Image.open(
+                io.BytesIO(data), formats=None if formats is None else tuple(formats)
+            )
         except UnidentifiedImageError as exc:
             raise ImageError(
                 "not an image: Pillow cannot identify the format (wrong extension or damaged file?)",
