@@ -54,7 +54,7 @@ def router(deps: ApiDeps) -> APIRouter:
         """Analyse the image and write its prompt: seed 000's answer plus the sidecar document."""
         return await analyze(deps, await upload_of(image, user_prompt, deep_thinking, mode))
 
-    @api.post("/api/images/analyze-stream", response_class=TicketStream)
+    @api.post("/api/images/analyze-stream", response_class=TicketStream, status_code=200)
     async def analyze_stream(
         image: ImagePart,
         user_prompt: UserPrompt = "",

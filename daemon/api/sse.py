@@ -86,6 +86,8 @@ async def upload_events(deps: ApiDeps, prepared: Prepared, ticket: Ticket) -> As
 class TicketStream(StreamingResponse):
     """An event stream that gives its upload's slot back however the response ends."""
 
+    media_type = "text/event-stream"
+
     def __init__(self, content: AsyncIterator[bytes], ticket: Ticket) -> None:
         super().__init__(
             content,
