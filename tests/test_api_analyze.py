@@ -73,9 +73,7 @@ def test_analyze_deep_thinking_means_quality_and_mode_overrides_it(api_world: Ap
 
 def test_analyze_trusts_the_bytes_not_the_declared_type_or_name(api_world: ApiWorld) -> None:
     """A JPEG sent as text/plain named notes.txt is still a JPEG."""
-    answer = api_world.client.post(
-        ANALYZE, files={"image": ("notes.txt", jpeg(), "text/plain")}
-    )
+    answer = api_world.client.post(ANALYZE, files={"image": ("notes.txt", jpeg(), "text/plain")})
     assert answer.status_code == 200
     assert answer.json()["sidecar"]["image"]["format"] == "JPEG"
 
