@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +162,7 @@ def test_caption_edit_is_written_and_stays_the_users(
     assert find(api_world, image)["owner"] == "user"
     process_batch([image], api_world.view.ctx, force=True)  # promptd redoes the image
     assert txt.read_text("utf-8") == "my own words, red coat\n"
-    assert not [n for n in os.listdir(image.parent) if ".promptd-tmp." in n]
+    assert not [p for p in image.parent.iterdir() if ".promptd-tmp." in p.name]
 
 
 @pytest.mark.parametrize("caption", ["", "   ", "bell\x07here", "zero\u200bwidth", "x" * 10_001])
