@@ -159,6 +159,7 @@ class Gallery:
                     items[item.id] = item
                     order.append(item.id)
         self._files = {k: v for k, v in self._files.items() if k in self._touched}
+        order.sort(key=lambda i: (items[i].root, items[i].key))
         self._items, self._order, self._built = items, order, self._clock()
 
     def _sidecars(

@@ -23,7 +23,7 @@ from daemon.api.problems import body
 
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 BASE_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
