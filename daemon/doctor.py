@@ -140,21 +140,26 @@ def check_api(config: Config, timeout_s: float = 1.0) -> Iterator[Check]:
 
 
 def _probe_health(host: str, port: int, timeout_s: float) -> str | None:
-    """What ``GET /health`` answers on host:port (as text), or None when nothing listens."""
+    """What ``GET /health`` answers on host:port (as text; "" when the port is open but says
+    nothing), or None when nothing listens there."""
     import socket
 
     try:
-        with socket.create_connection((host, port), timeout=timeout_s) as conn:
+        conn = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError:
+        return None
+    chunks: list[bytes] = []
+    with conn:
+        try:
             shown = f"[{host}]" if ":" in host else host
             conn.sendall(f"GET /health HTTP/1.0\r\nHost: {shown}:{port}\r\n\r\n".encode())
-            chunks: list[bytes] = []
             while sum(len(c) for c in chunks) < 65536:
                 chunk = conn.recv(4096)
                 if not chunk:
                     break
                 chunks.append(chunk)
-    except OSError:
-        return None
+        except OSError:
+            pass  # connected, but no HTTP answer: someone else's port
     return b"".join(chunks).decode("utf-8", errors="replace")
 
 

@@ -112,7 +112,9 @@ def test_page_gallery_filters_by_status_and_text(
     page.goto(url + "#gallery")
     page.wait_for_selector("#grid figure")
     assert page.locator("#grid figure").count() == 10
-    loaded = "[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"
+    loaded = (
+        "[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     until(page, loaded, "the thumbnails")
     assert page.locator("#grid .placeholder").count() == 1  # the broken image has none
     screenshot(page, tmp_path, "review-gallery")
@@ -140,7 +142,11 @@ def test_page_caption_edit_counts_tokens_and_lands_on_disk(
     page.wait_for_selector("#caption-tokens.over")
     screenshot(page, tmp_path, "review-caption-over")
     page.fill("#caption", "a blue vase with three fruits on a wooden table, soft light")
-    until(page, "!document.getElementById('caption-tokens').classList.contains('over') && document.getElementById('caption-tokens').textContent.includes('/ 75')", "the page")
+    until(
+        page,
+        "!document.getElementById('caption-tokens').classList.contains('over') && document.getElementById('caption-tokens').textContent.includes('/ 75')",
+        "the page",
+    )
     page.click("#save")
     until(page, "document.getElementById('saved').textContent.startsWith('Saved')", "the page")
     txt = world.inbox / "samples" / "still-life.txt"
@@ -158,7 +164,12 @@ def test_page_find_and_replace_previews_then_writes(
     page.wait_for_selector("#grid figure")
     page.click("#chips button[data-status=ok]")
     page.click("#toggle-replace")
-    word = world.client.get("/api/gallery", params={"status": "ok"}).json()["items"][0]["caption"].split(",")[0].strip()
+    word = (
+        world.client.get("/api/gallery", params={"status": "ok"})
+        .json()["items"][0]["caption"]
+        .split(",")[0]
+        .strip()
+    )
     page.fill("#find", word)
     page.fill("#replace-with", "WORD")
     page.click("#preview-replace")
@@ -166,5 +177,7 @@ def test_page_find_and_replace_previews_then_writes(
     screenshot(page, tmp_path, "review-replace")
     assert not any("WORD" in p.read_text("utf-8") for p in world.inbox.rglob("*.txt"))
     page.click("#apply-replace")
-    until(page, "document.getElementById('replace-note').textContent.startsWith('Wrote')", "the page")
+    until(
+        page, "document.getElementById('replace-note').textContent.startsWith('Wrote')", "the page"
+    )
     assert any("WORD" in p.read_text("utf-8") for p in world.inbox.rglob("*.txt"))

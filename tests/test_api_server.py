@@ -110,5 +110,3 @@ def test_promptd_run_serves_the_api_says_where_and_stops_cleanly_with_a_stream_o
     finally:
         fake_ollama.delay_s = 0.0
         daemon.stop()
-
-
