@@ -10,7 +10,6 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -70,7 +69,7 @@ def test_server_port_in_use_is_a_config_error(make_world: Callable[..., ApiWorld
     try:
         world = make_world(api={"listen": f"127.0.0.1:{taken.getsockname()[1]}"})
         server = ApiServer(build_deps(world.view))
-        with pytest.raises(ConfigError, match="api.listen"):
+        with pytest.raises(ConfigError, match=r"api\.listen"):
             server.start()
     finally:
         taken.close()
