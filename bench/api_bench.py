@@ -27,7 +27,6 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -213,9 +212,10 @@ def _moved(images: list[Path], inbox: Path) -> list[Path]:
 
 def report(r: dict[str, Any]) -> str:
     a, b, c0, c1 = r["a_idle"], r["b_backlog"], r["c_slow_idle"], r["c_slow_backlog"]
-    row: Callable[[str, dict[str, float]], str] = lambda name, s: (
-        f"{name:<46} {s['p50_ms']:>9.1f} {s['p95_ms']:>9.1f}"
-    )
+
+    def row(name: str, s: dict[str, float]) -> str:
+        return f"{name:<46} {s['p50_ms']:>9.1f} {s['p95_ms']:>9.1f}"
+
     lines = [
         f"promptd API benchmark: {r['requests']} requests each, {r['backlog']}-image backlog",
         f"{'':<46} {'p50 ms':>9} {'p95 ms':>9}",
