@@ -111,13 +111,13 @@ def test_thumb_cache_is_bounded_in_count_and_bytes() -> None:
     """Least recently used entries go first, past either bound."""
     cache = ThumbCache(max_bytes=1000, max_items=3)
     for n in range(5):
-        cache.put((f"p{n}", 1, 1), b"x" * 100)
+        cache.put((f"p{n}", 1, 1, 256), b"x" * 100)
     assert cache.size == (3, 300)
-    assert cache.get(("p0", 1, 1)) is None and cache.get(("p4", 1, 1)) is not None
-    cache.put(("big", 1, 1), b"y" * 900)
+    assert cache.get(("p0", 1, 1, 256)) is None and cache.get(("p4", 1, 1, 256)) is not None
+    cache.put(("big", 1, 1, 256), b"y" * 900)
     assert cache.size[1] <= 1000
-    cache.put(("huge", 1, 1), b"z" * 5000)
-    assert cache.get(("huge", 1, 1)) is None
+    cache.put(("huge", 1, 1, 256), b"z" * 5000)
+    assert cache.get(("huge", 1, 1, 256)) is None
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,7 @@ from daemon.api.deps import ApiDeps
 from daemon.api.gallery import STATUSES, Item
 from daemon.api.problems import ApiError, from_pipeline
 from daemon.api.routes_status import count_tokens
-from daemon.api.thumbs import make_thumbnail
-from daemon.config import ImageLimits
+from daemon.api.thumbs import SIDE
 from daemon.errors import ImageError, PromptdError
 
 StatusFilter = Literal["all", "ok", "degraded", "error", "held", "pending"]
@@ -108,11 +107,9 @@ def router(deps: ApiDeps) -> APIRouter:
         """A JPEG of the image, 256 px (or 1024 px) on its long side."""
         _item, path = await run_in_threadpool(resolve, item_id)
         limits = deps.view.config.images
+        side = SIDE if size == "small" else PREVIEW_SIDE
         try:
-            if size == "small":
-                data = await run_in_threadpool(deps.thumbs.thumbnail, path, limits)
-            else:
-                data = await run_in_threadpool(_large, path, limits)
+            data = await run_in_threadpool(deps.thumbs.thumbnail, path, limits, side)
         except ImageError as exc:
             raise from_pipeline(exc) from exc
         return Response(
@@ -160,10 +157,6 @@ def router(deps: ApiDeps) -> APIRouter:
         return {"applied": True, "written": written, "skipped": skipped, "total": len(plan.changes)}
 
     return api
-
-
-def _large(path: Path, limits: ImageLimits) -> bytes:
-    return make_thumbnail(path, limits, side=PREVIEW_SIDE)
 
 
 def _apply(deps: ApiDeps, plan: captions.Plan) -> tuple[int, list[str]]:

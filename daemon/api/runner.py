@@ -24,7 +24,7 @@ from daemon.api.problems import ApiError, from_pipeline
 
 T = TypeVar("T")
 POLL_S = 0.25  # how often a waiting request looks at the stop flag
-MAX_THREADS = 4  # decoding overlaps the GPU work of another upload; more would only queue
+MAX_THREADS = 2  # one decodes while another is on the GPU; more would only hold more pixels
 
 
 class UploadRunner:

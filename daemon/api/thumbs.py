@@ -22,8 +22,9 @@ from daemon.pipeline.upload import pillow_formats
 
 SIDE = 256
 QUALITY = 82
+AT_ONCE = 2  # thumbnails decoded at the same time (a large image needs its pixels in memory)
 
-Key = tuple[str, int, int]  # path, size, mtime_ns
+Key = tuple[str, int, int, int]  # path, size, mtime_ns, side
 
 
 class ThumbCache:
@@ -35,6 +36,7 @@ class ThumbCache:
         self._entries: OrderedDict[Key, bytes] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._making = threading.BoundedSemaphore(AT_ONCE)
         self.made = 0  # thumbnails encoded (cache misses)
 
     @property
@@ -66,17 +68,19 @@ class ThumbCache:
                 _, dropped = self._entries.popitem(last=False)
                 self._bytes -= len(dropped)
 
-    def thumbnail(self, path: Path, limits: ImageLimits) -> bytes:
-        """The cached or freshly made thumbnail of ``path``; ImageError when it cannot be read."""
+    def thumbnail(self, path: Path, limits: ImageLimits, side: int = SIDE) -> bytes:
+        """The cached or freshly made thumbnail of ``path`` (``side`` pixels on its long side);
+        ImageError when it cannot be read. At most AT_ONCE are decoded at a time."""
         try:
             st = path.stat()
         except OSError as exc:
             raise ImageError("the image is gone", path) from exc
-        key = (str(path), st.st_size, st.st_mtime_ns)
+        key = (str(path), st.st_size, st.st_mtime_ns, side)
         cached = self.get(key)
         if cached is not None:
             return cached
-        data = make_thumbnail(path, limits)
+        with self._making:
+            data = make_thumbnail(path, limits, side)
         self.made += 1
         self.put(key, data)
         return data
