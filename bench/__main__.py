@@ -1,4 +1,4 @@
-"""Run promptd's benchmarks: ``python -m bench [clip|daemon|distributed|all] [options for the bench]``.
+"""Run promptd's benchmarks: ``python -m bench [NAME|all] [options for the bench]``.
 
 Each bench is a module with ``main(argv: list[str]) -> int``; add new ones to BENCHES.
 Options after the bench name go to that bench (``python -m bench clip --images 8``).
@@ -14,6 +14,7 @@ BENCHES: dict[str, str] = {
     "clip": "bench.clip_bench",  # seed 000's CLIP calls vs ClipAnalyzer, unbatched and batched
     "daemon": "bench.daemon_bench",  # promptd run vs the bare pipeline, latency, scan, memory
     "distributed": "bench.distributed_bench",  # 1, 2, 4 workers through Redis; broker's cost
+    "api": "bench.api_bench",  # POST /api/images/analyze vs the pipeline, idle and with a backlog
 }
 
 

@@ -66,6 +66,7 @@ def write_config(folder: Path, inbox: Path, clip_dir: Path, ollama_url: str) -> 
         "clip": {"model": str(clip_dir), "device": "cpu", "offline": True},
         "ollama": {"host": ollama_url},
         "log": {"format": "json", "level": "info"},
+        "api": {"listen": "127.0.0.1:0"},  # each daemon on a free port
     }
     path = folder / f"config-{inbox.name}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")

@@ -204,12 +204,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from daemon.api.launch import api_companions
     from daemon.service.daemon import run_service
 
     config = _load(args)
     configure_logging(config.log.level, config.log.format)
     try:
-        return run_service(config, config_path=config.source, local_worker=args.worker)
+        return run_service(
+            config,
+            config_path=config.source,
+            companions_for=api_companions,
+            local_worker=args.worker,
+        )
     except ModuleNotFoundError as exc:
         return _missing_extra(exc)
 

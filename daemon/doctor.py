@@ -36,6 +36,7 @@ def run_checks(config: Config) -> Iterator[Check]:
     yield from check_ollama(config)
     yield from check_torch()
     yield from check_clip(config)
+    yield from check_api(config)
 
 
 def check_inboxes(config: Config) -> Iterator[Check]:
@@ -106,6 +107,60 @@ def check_ollama(config: Config) -> Iterator[Check]:
 
 def _tagged(name: str) -> str:
     return name if ":" in name else f"{name}:latest"
+
+
+def check_api(config: Config, timeout_s: float = 1.0) -> Iterator[Check]:
+    """Where `promptd run` serves the HTTP API, and whether that port answers or is free."""
+    from daemon.config.apisettings import is_loopback, split_listen
+
+    api = config.api
+    if not api.enabled:
+        yield Check("ok", "http api", "off (api.enabled: false)")
+        return
+    host, port = split_listen(api.listen)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    scope = "this machine only" if is_loopback(host) else "other machines too, with the token"
+    if port == 0:
+        yield Check("ok", "http api", f"listens on {host}, a free port ({scope})")
+        return
+    answer = _probe_health(host, port, timeout_s)
+    if answer is None:
+        yield Check(
+            "ok", "http api", f"promptd run will listen on {url} ({scope}); review page at /"
+        )
+    elif '"promptd"' in answer:
+        yield Check("ok", "http api", f"a running promptd answers at {url} ({scope})")
+    else:
+        yield Check(
+            "fail",
+            "http api",
+            f"{url}: the port is taken by another program",
+            "change api.listen in config.yaml, or set api.enabled: false",
+        )
+
+
+def _probe_health(host: str, port: int, timeout_s: float) -> str | None:
+    """What ``GET /health`` answers on host:port (as text; "" when the port is open but says
+    nothing), or None when nothing listens there."""
+    import socket
+
+    try:
+        conn = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError:
+        return None
+    chunks: list[bytes] = []
+    with conn:
+        try:
+            shown = f"[{host}]" if ":" in host else host
+            conn.sendall(f"GET /health HTTP/1.0\r\nHost: {shown}:{port}\r\n\r\n".encode())
+            while sum(len(c) for c in chunks) < 65536:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except OSError:
+            pass  # connected, but no HTTP answer: someone else's port
+    return b"".join(chunks).decode("utf-8", errors="replace")
 
 
 def check_torch() -> Iterator[Check]:

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures_ollama",
     "tests.fixtures_images",
     "tests.fixtures_redis",
+    "tests.fixtures_api",
 ]

@@ -56,9 +56,13 @@ DONE_S = 60  # deadline for images to get their sidecars (generous: the machine 
 
 
 def daemon_config(tmp: Path, clip_dir: Path, ollama_url: str, **overrides: Any) -> Path:
-    """config.yaml for a daemon test: info-level JSON log, fast watch timings."""
+    """config.yaml for a daemon test: info-level JSON log, fast watch timings, the HTTP API on
+    a free port (so daemons never fight over 8765)."""
     watch = {**FAST_WATCH, **overrides.pop("watch", {})}
-    return write_config(tmp, clip_dir, ollama_url, log={"level": "info"}, watch=watch, **overrides)
+    api = {"listen": "127.0.0.1:0", **overrides.pop("api", {})}
+    return write_config(
+        tmp, clip_dir, ollama_url, log={"level": "info"}, watch=watch, api=api, **overrides
+    )
 
 
 def chats(fake: FakeOllama) -> int:

@@ -8,6 +8,7 @@ of promptd reads a config file.
 May import: ``daemon.errors``, ``daemon.records`` (rules only) and ``daemon.fs``.
 """
 
+from daemon.config.apisettings import ApiSettings
 from daemon.config.load import cache_dir, default_config_path, load_config
 from daemon.config.settings import (
     MODES,
@@ -27,6 +28,7 @@ from daemon.config.settings import (
 
 __all__ = [
     "MODES",
+    "ApiSettings",
     "ClipSettings",
     "Config",
     "GpuSettings",

@@ -111,8 +111,12 @@ def _complete(
         not Path(model).is_absolute() and (base / model).is_dir()
     ):
         model = str(_absolute(Path(model), base, environ))
+    api = config.api
+    if api.save_to is not None:
+        api = api.model_copy(update={"save_to": _absolute(api.save_to, base, environ)})
     return config.model_copy(
         update={
+            "api": api,
             "inbox": tuple(_absolute(p, base, environ) for p in config.inbox),
             "cache_dir": cache_dir,
             "state_dir": state_dir,

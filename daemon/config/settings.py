@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.config.apisettings import ApiSettings
 from daemon.config.distributed import DistributedSettings
 
 Mode = Literal["speed", "quality", "vision", "clip"]
@@ -231,6 +232,7 @@ class Config(Frozen):
     log: LogSettings = Field(default_factory=LogSettings)  # type: ignore[arg-type]
     defaults: RuleSettings = Field(default_factory=RuleSettings)  # type: ignore[arg-type]
     distributed: DistributedSettings = Field(default_factory=DistributedSettings)  # type: ignore[arg-type]
+    api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
     source: Path | None = Field(None, description="(set by the loader) the file this came from")
 
     @field_validator("inbox", mode="before")

@@ -10,6 +10,8 @@ the service only wraps them in its worker.
 - ``compose/``: the Ollama client, messages, answer schemas, text cleaning, modes, fallback.
 - ``write``: the .txt line fitted to the token budget, and the record, through ``daemon.sidecar``.
 - ``batch``: the drivers (``prepare_batch``, ``finish_batch``, ``process_batch``).
+- ``upload``: the same stages for an image that arrives as bytes (the HTTP API), in memory;
+  ``keep``: saving an upload and its sidecars into ``api.save_to``.
 - ``context``: what the stages are handed; ``backends``: builds it with real CLIP and Ollama.
 
 May import: ``daemon.config``, ``daemon.records``, ``daemon.errors``, ``daemon.fs``,

@@ -16,6 +16,7 @@ import stat
 import struct
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -96,9 +97,13 @@ def _check_size(size: int, max_bytes: int, path: Path) -> None:
         )
 
 
-def decode_image(data: bytes, path: Path, max_pixels: int) -> tuple[Image.Image, str]:
+def decode_image(
+    data: bytes, path: Path, max_pixels: int, formats: Sequence[str] | None = None
+) -> tuple[Image.Image, str]:
     """Decode bytes to an oriented RGB image (first frame) and Pillow's format name.
 
+    ``formats`` (Pillow format names) restricts which decoders may try the bytes; None lets
+    Pillow try all it has.
     The pixel count is checked from the header before any pixel is decoded. Pillow's
     own bomb warning (for images between its limit and ours) is silenced only around
     this decode; Pillow's hard limit (twice ``Image.MAX_IMAGE_PIXELS``) still applies.
@@ -106,7 +111,9 @@ def decode_image(data: bytes, path: Path, max_pixels: int) -> tuple[Image.Image,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            source = Image.open(io.BytesIO(data))
+            source = Image.open(
+                io.BytesIO(data), formats=None if formats is None else tuple(formats)
+            )
         except UnidentifiedImageError as exc:
             raise ImageError(
                 "not an image: Pillow cannot identify the format (wrong extension or damaged file?)",

@@ -13,9 +13,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -37,6 +39,18 @@ if TYPE_CHECKING:
     from daemon.distributed.producer import Producer
 
 log = structlog.get_logger("promptd.service")
+
+
+class Companion(Protocol):
+    """Something that serves beside the folder (the HTTP API): started before READY, stopped
+    first on the way out, within the time it is given."""
+
+    name: str
+    url: str
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float) -> bool: ...
 
 
 class Service:
@@ -70,12 +84,15 @@ class Service:
         self.health = HealthWatch(
             self.live, lambda: self.intake.request_scan(None, redo_degraded=True)
         )
+        self.companions: list[Companion] = []
 
     # --- start and stop ------------------------------------------------------------------
 
     def run(self) -> int:
         """Start everything, serve until SIGTERM/SIGINT, stop cleanly; returns the exit code."""
         self._install_signals()
+        for companion in self.companions:  # a port in use fails the start, before any work
+            companion.start()
         self._prepare_inboxes()
         if self.producer is None:
             self._warm_up()
@@ -162,12 +179,15 @@ class Service:
     def _shutdown(self) -> int:
         self.notifier.stopping()
         self.intake.stop_watcher()
-        self.queue.stop()
         timeout = self.live.config.watch.stop_timeout_s
+        deadline = time.monotonic() + timeout
+        for companion in self.companions:  # ends open streams and waiting uploads too
+            companion.stop(max(0.0, deadline - time.monotonic()))
+        self.queue.stop()
         if self.producer is not None:
             self.producer.stop()
         else:
-            self.worker.thread.join(timeout)
+            self.worker.thread.join(max(0.0, deadline - time.monotonic()))
             if self.worker.thread.is_alive():
                 log.warning("stop_timeout", seconds=timeout)
         self._write_state()
@@ -195,6 +215,8 @@ class Service:
             log.warning("reload_distributed_ignored", hint="restart to change distributed:")
         if (new.inbox, new.watch, new.images) != (old.inbox, old.watch, old.images):
             self.intake.restart_watcher()
+        if new.api != old.api and self.companions:
+            log.warning("api_settings_need_restart", detail="api.* changes apply at the next start")
         log.info("config_reloaded", file=str(self.config_path))
         self.intake.request_scan(None, redo_degraded=True)
         self.notifier.ready()
@@ -224,6 +246,7 @@ class Service:
             queue=len(self.queue),
             ollama=self.live.ollama_state,
             clip_device=str(getattr(self.live.ctx.analyzer, "device", "unknown")),
+            api_url=next((c.url for c in self.companions if c.name == "http api"), ""),
         )
         try:
             write_state(service_state_path(self.live.config), state)
@@ -231,6 +254,16 @@ class Service:
             log.warning("state_write_failed", error=str(exc))
 
 
-def run_service(config: Config, config_path: Path | None, *, local_worker: bool = False) -> int:
-    """Entry point of `promptd run` (``local_worker``: `promptd run --worker`)."""
-    return Service(config, config_path, dict(os.environ), local_worker=local_worker).run()
+def run_service(
+    config: Config,
+    config_path: Path | None,
+    companions_for: Callable[[Service], Sequence[Companion]] | None = None,
+    *,
+    local_worker: bool = False,
+) -> int:
+    """Entry point of `promptd run`; ``companions_for`` adds what serves beside it (the API),
+    ``local_worker`` is `promptd run --worker`."""
+    service = Service(config, config_path, dict(os.environ), local_worker=local_worker)
+    if companions_for is not None:
+        service.companions.extend(companions_for(service))
+    return service.run()

@@ -3,32 +3,46 @@
 On a 4 GB GPU, CLIP's activations and an Ollama model's KV cache do not fit at once; one lock
 held around every CLIP forward pass and every Ollama request that makes a model work keeps
 them apart. With ``gpu.exclusive: false`` the lock is a no-op and the stages overlap.
+
+Interactive requests (the HTTP API) go first: a thread inside ``priority()`` *claims* the
+lock from its first turn until it leaves ``priority()``, and while any claim stands, folder
+work waits. A request in front of a 10,000-image backlog therefore waits for at most the one
+model call in progress when it arrived, not for one call per turn it takes. The claim starts
+at the first turn, not at ``priority()``, so a request that is still decoding or loading CLIP
+(which takes the analyzer's own lock, possibly held by a folder thread waiting for the GPU)
+holds nobody up. Inside a claim, take no lock that a thread waiting for the GPU may hold; as
+a guard against such a mistake, and against a stream of requests starving the folder, folder
+work waits for claims at most ``claim_patience_s`` before it takes its turn anyway (it still
+never shares the GPU: only the order changes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 
 
 class GpuLock:
-    """A re-entrant lock that also counts how long holders waited for it (for `status`)."""
+    """A re-entrant lock with a priority lane; counts how long holders waited (for `status`)."""
 
-    def __init__(self, exclusive: bool = True) -> None:
+    def __init__(self, exclusive: bool = True, *, claim_patience_s: float = 60.0) -> None:
         self.exclusive = exclusive
-        self._lock = threading.RLock()
-        self._stats_lock = threading.Lock()
+        self.claim_patience_s = claim_patience_s
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+        self._claims = 0  # priority threads that have taken a turn and not yet left priority()
+        self._local = threading.local()
         self.acquisitions = 0
+        self.priority_acquisitions = 0
         self.waited_s = 0.0
 
     def __enter__(self) -> GpuLock:
         if self.exclusive:
-            started = time.perf_counter()
-            self._lock.acquire()
-            with self._stats_lock:
-                self.acquisitions += 1
-                self.waited_s += time.perf_counter() - started
+            self._acquire()
         return self
 
     def __exit__(
@@ -38,4 +52,62 @@ class GpuLock:
         tb: TracebackType | None,
     ) -> None:
         if self.exclusive:
-            self._lock.release()
+            self._release()
+
+    @contextlib.contextmanager
+    def priority(self) -> Iterator[None]:
+        """Run the block's turns ahead of folder work (re-entrant; a no-op when not exclusive)."""
+        local = self._local
+        outer = getattr(local, "priority", None)
+        if outer is None:
+            local.priority = {"claimed": False}
+        try:
+            yield
+        finally:
+            if outer is None:
+                claimed = local.priority["claimed"]
+                del local.priority
+                if claimed:
+                    with self._cond:
+                        self._claims -= 1
+                        self._cond.notify_all()
+
+    @property
+    def claimed(self) -> bool:
+        """True while an interactive request holds a claim (folder work waits)."""
+        with self._cond:
+            return self._claims > 0
+
+    def _acquire(self) -> None:
+        me = threading.get_ident()
+        lane: dict[str, bool] | None = getattr(self._local, "priority", None)
+        started = time.perf_counter()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return
+            if lane is not None and not lane["claimed"]:
+                lane["claimed"] = True
+                self._claims += 1
+            patience = time.monotonic() + self.claim_patience_s
+            while self._owner is not None or (lane is None and self._claims > 0):
+                if self._owner is not None:
+                    self._cond.wait()
+                    continue
+                left = patience - time.monotonic()  # waiting only for interactive claims
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            self._owner, self._depth = me, 1
+            self.acquisitions += 1
+            self.priority_acquisitions += lane is not None
+            self.waited_s += time.perf_counter() - started
+
+    def _release(self) -> None:
+        with self._cond:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("the GPU lock is released by a thread that does not hold it")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cond.notify_all()

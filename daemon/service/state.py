@@ -64,6 +64,7 @@ class ServiceState:
     ollama: OllamaState = "unknown"
     clip_device: str = "unknown"
     version: str = ""
+    api_url: str = ""  # where the HTTP API listens; empty when it is off
 
 
 def state_path(state_dir: Path) -> Path:
@@ -115,6 +116,7 @@ def state_from_json(data: bytes, path: Path) -> ServiceState:
             ollama=_ollama_state(doc.get("ollama")),
             clip_device=str(doc.get("clip_device", "unknown")),
             version=str(doc.get("version", "")),
+            api_url=str(doc.get("api_url", "")),
         )
     except (ValueError, KeyError, TypeError) as exc:
         reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
@@ -225,6 +227,7 @@ def _details(state: ServiceState) -> list[str]:
         f"  ollama:       {state.ollama}",
         f"  clip device:  {state.clip_device}",
         f"  started:      {_iso(state.started_at)}   version: {state.version or 'unknown'}",
+        f"  http api:     {state.api_url or 'off'}",
     ]
     if state.held_folders:
         lines.append(f"  held folders ({len(state.held_folders)}; fix the rule file to release):")

@@ -53,7 +53,9 @@ class Tally:
             f"failed {self.failed}, held folders {len(self.held)}"
         )
 
-    def snapshot(self, *, queue: int, ollama: OllamaState, clip_device: str) -> ServiceState:
+    def snapshot(
+        self, *, queue: int, ollama: OllamaState, clip_device: str, api_url: str = ""
+    ) -> ServiceState:
         """The status file's content now."""
         return ServiceState(
             pid=os.getpid(),
@@ -69,4 +71,5 @@ class Tally:
             ollama=ollama,
             clip_device=clip_device,
             version=__version__,
+            api_url=api_url,
         )
