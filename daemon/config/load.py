@@ -111,13 +111,19 @@ def _complete(
         not Path(model).is_absolute() and (base / model).is_dir()
     ):
         model = str(_absolute(Path(model), base, environ))
+    vocabularies = {
+        name: source
+        if source in ("builtin", "off")
+        else str(_absolute(Path(source), base, environ))
+        for name, source in config.clip.vocabularies.items()
+    }
     return config.model_copy(
         update={
             "inbox": tuple(_absolute(p, base, environ) for p in config.inbox),
             "cache_dir": cache_dir,
             "state_dir": state_dir,
             "ollama": config.ollama.model_copy(update={"host": host}),
-            "clip": config.clip.model_copy(update={"model": model}),
+            "clip": config.clip.model_copy(update={"model": model, "vocabularies": vocabularies}),
             "source": source,
         }
     )

@@ -18,7 +18,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from daemon.config.load import DEEP_THINKING, without_invalid_deep_thinking
-from daemon.config.settings import Config, Mode, OllamaModels, RuleSettings
+from daemon.config.settings import (
+    VOCABULARY_DEFAULTS,
+    Config,
+    Mode,
+    OllamaModels,
+    RuleSettings,
+)
 from daemon.config.yamlfile import load_yaml, ordered, problem, summarise, validation_problems
 from daemon.errors import ConfigError, ImageError
 from daemon.fs.names import RULE_FILE, is_ignored_name
@@ -54,7 +60,7 @@ def parse_rule_file(path: Path) -> dict[str, Any]:
 def fingerprint_for(settings: RuleSettings, config: Config) -> str:
     """sha256 of everything that shapes an image's sidecars; equal means up to date."""
     labels = config.clip.labels
-    document = {
+    document: dict[str, Any] = {
         "version": FINGERPRINT_VERSION,
         "settings": settings.model_dump(mode="json"),
         "clip_model": config.clip.model,
@@ -65,8 +71,17 @@ def fingerprint_for(settings: RuleSettings, config: Config) -> str:
         },
         "llm": llm_model(settings.mode, config.ollama.models),
     }
+    if wants_clip_prompt(settings):  # the phrase tables and the chain shape the record too
+        clip = config.clip
+        document["vocabularies"] = {**VOCABULARY_DEFAULTS, **clip.vocabularies}
+        document["chain"] = [clip.chain_steps, clip.chain_width]
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def wants_clip_prompt(settings: RuleSettings) -> bool:
+    """Whether an image under ``settings`` gets a clip_prompt (asked for, or the .txt uses it)."""
+    return settings.clip_prompt or settings.caption_from == "clip_prompt"
 
 
 def llm_model(mode: Mode, models: OllamaModels) -> str | None:

@@ -6,6 +6,7 @@ config.yaml (``promptd check-config`` reports problems against them).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,18 @@ from pydantic import (
 Mode = Literal["speed", "quality", "vision", "clip"]
 MODES: tuple[Mode, ...] = ("speed", "quality", "vision", "clip")
 HINT_MAX_CHARS = 1000  # a few sentences; the rest of the prompt must stay the larger part
+ManifestFormat = Literal["hf", "kohya"]
+# clip_prompt's phrase tables and where they come from: promptd's own lists (package data),
+# "off", or a text file of the user's (one phrase per line, e.g. CLIP Interrogator's data/*.txt).
+VOCABULARY_DEFAULTS: dict[str, str] = {
+    "mediums": "builtin",
+    "movements": "builtin",
+    "lighting": "builtin",
+    "camera": "builtin",
+    "flavors": "builtin",
+    "artists": "off",  # names, used as "by NAME"
+}
+_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 class Frozen(BaseModel):
@@ -60,6 +73,20 @@ class RuleSettings(Frozen):
         max_length=HINT_MAX_CHARS,
         description="The user's own instructions for the LLM (seed 000's user prompt), e.g. "
         "'all photos show the Acme Runner shoe; name the colourway'; unused in clip mode",
+    )
+    clip_prompt: bool = Field(
+        False, description="Also build a CLIP-Interrogator-style prompt (the record's clip_prompt)"
+    )
+    caption_from: Literal["prompt", "clip_prompt"] = Field(
+        "prompt", description="What the .txt is built from: the mode's prompt, or clip_prompt"
+    )
+    tag_threshold: float = Field(
+        0.1, ge=0, le=1, description="CLIP labels scoring at least this become the record's tags"
+    )
+    manifests: tuple[ManifestFormat, ...] = Field(
+        (),
+        description="Dataset manifests this folder keeps for every image below it: hf "
+        "(metadata.jsonl) and/or kohya (metadata_kohya.json)",
     )
 
     @model_validator(mode="before")
@@ -105,6 +132,31 @@ class ClipSettings(Frozen):
         False, description="Never contact the model hub (only the local cache or folder)"
     )
     labels: LabelSettings = Field(default_factory=LabelSettings)  # type: ignore[arg-type]
+    vocabularies: dict[str, str] = Field(
+        default_factory=dict,
+        description="clip_prompt's phrase tables, merged over promptd's own: table -> builtin | "
+        "off | a text file with one phrase per line",
+    )
+    chain_steps: int = Field(
+        4, ge=0, le=32, description="clip_prompt: most phrases the greedy chain adds (0: none)"
+    )
+    chain_width: int = Field(
+        4, ge=1, le=64, description="clip_prompt: candidate prompts encoded per chain step"
+    )
+
+    @field_validator("vocabularies")
+    @classmethod
+    def _vocabularies(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 16:
+            raise ValueError("at most 16 vocabulary tables")
+        for name, source in value.items():
+            if not _TABLE_NAME.match(name):
+                raise ValueError(f"table name {name!r}: use lowercase letters, digits and _")
+            if not source.strip():
+                raise ValueError(f"{name}: give builtin, off or a file")
+            if source == "builtin" and name not in VOCABULARY_DEFAULTS:
+                raise ValueError(f"{name}: promptd has no built-in table of that name; give a file")
+        return value
 
 
 class OllamaModels(Frozen):
@@ -191,6 +243,9 @@ class WatchSettings(Frozen):
     )
     recheck_s: float = Field(
         5.0, gt=0, description="First wait before checking whether Ollama is back (doubles)"
+    )
+    manifest_interval_s: float = Field(
+        3.0, ge=0.1, description="Least time between two rewrites of one folder's manifests"
     )
 
 
