@@ -107,6 +107,14 @@ class Composition:
 
 
 @dataclass(frozen=True)
+class ClipPrompt:
+    """The CLIP-Interrogator-style prompt of an image, or why it could not be built."""
+
+    text: str | None
+    reason: str | None = None  # set when text is None: the record is then degraded
+
+
+@dataclass(frozen=True)
 class Result:
     """The outcome of one image through the pipeline."""
 

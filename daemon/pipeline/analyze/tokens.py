@@ -31,7 +31,11 @@ class Tokens:
             return tokenizer
         with self._load_lock:
             if self._tokenizer is None:
-                self._tokenizer = load_tokenizer(self._settings)
+                tokenizer = load_tokenizer(self._settings)
+                # Counting the tokens of texts longer than the window is the point here; the
+                # encoders truncate explicitly, so the tokenizer need not warn about length.
+                tokenizer.model_max_length = 1_000_000
+                self._tokenizer = tokenizer
             return self._tokenizer
 
     def count(self, text: str) -> int:
