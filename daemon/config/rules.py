@@ -144,6 +144,36 @@ class RuleResolver:
             raise ConfigError("the combined rule is invalid", where, problems) from exc
         return EffectiveRule(settings, tuple(sources), fingerprint_for(settings, self._config))
 
+    def origin_of(self, folder: Path, key: str) -> tuple[Path, Any] | None:
+        """Which folder's rule sets ``key`` for the images in ``folder``, and to what.
+
+        The nearest rule file that sets the key wins; failing that, the inbox root when
+        config.yaml's ``defaults`` set it; None when nothing sets it (the built-in default
+        applies). An invalid rule file on the way is passed over. ``folder`` need not exist.
+        """
+        found = self.locate(folder)
+        if found is None:
+            return None
+        root, resolved = found
+        parts = resolved.relative_to(root).parts
+        for depth in range(len(parts), -1, -1):
+            candidate = root.joinpath(*parts[:depth])
+            value = self.setting_in(candidate, key)
+            if value is not None:
+                return candidate, value[0]
+        if key in self._config.defaults.model_fields_set:
+            return root, getattr(self._config.defaults, key)
+        return None
+
+    def setting_in(self, folder: Path, key: str) -> tuple[Any] | None:
+        """``(value,)`` when ``folder``'s own rule file sets ``key``; None when it has no rule
+        file, does not set the key, or the file is invalid."""
+        try:
+            overrides = self._rule(folder / RULE_FILE)
+        except ConfigError:
+            return None
+        return (overrides[key],) if overrides is not None and key in overrides else None
+
     def locate(self, path: Path) -> tuple[Path, Path] | None:
         """(inbox root, resolved path), comparing resolved paths so no symlink leads out."""
         try:
