@@ -19,6 +19,7 @@ import structlog
 
 from daemon import __version__, sidecar
 from daemon.config import Config, load_config
+from daemon.dataset.keeper import ManifestKeeper
 from daemon.errors import ConfigError, PromptdError
 from daemon.pipeline.analyze.clip import ClipAnalyzer
 from daemon.service.gpulock import GpuLock
@@ -51,8 +52,11 @@ class Service:
                 None, redo_degraded=False, reason="queue full"
             ),
         )
-        self.intake = Intake(self.live, self.queue, self.tally)
-        self.worker = Worker(self.live, self.queue, self.tally)
+        self.manifests = ManifestKeeper(lambda: self.live.config, lambda: self.live.ctx.rules)
+        self.intake = Intake(self.live, self.queue, self.tally, self.manifests.note)
+        self.worker = Worker(
+            self.live, self.queue, self.tally, lambda r: self.manifests.note(r.path)
+        )
         self.health = HealthWatch(
             self.live, lambda: self.intake.request_scan(None, redo_degraded=True)
         )
@@ -68,6 +72,7 @@ class Service:
         for thread in (self.worker.thread, self.intake.thread, self.health.thread):
             thread.start()
         self.intake.request_scan(None, redo_degraded=True)
+        self.manifests.discover()
         self.notifier.ready()
         inboxes = [str(p) for p in self.live.config.inbox]
         log.info("service_ready", inbox=inboxes, version=__version__)
@@ -126,6 +131,7 @@ class Service:
         self.worker.thread.join(timeout)
         if self.worker.thread.is_alive():
             log.warning("stop_timeout", seconds=timeout)
+        self.manifests.flush_all()
         self._write_state()
         log.info("stopped", **dict(self.tally.outcomes))
         return 0
@@ -164,6 +170,7 @@ class Service:
                 self.reload()
             if ping and self.healthy():
                 self.notifier.watchdog()
+            self.manifests.flush_due()
             self._write_state()
             self.notifier.status(self.tally.status_line(len(self.queue)))
 
