@@ -8,10 +8,11 @@
   shape ``merge_captions_to_metadata.py`` writes): image key -> ``{"caption", "tags"}``, tags a
   comma-separated string that kohya appends to the caption, so tags already in the caption are
   left out. The key is the image's path relative to the folder without its extension
-  (``sub/001``): kohya looks it up as ``<train_data_dir>/<key>.<ext>``, which works in
-  subfolders and stays valid when the folder is copied elsewhere. Two images that share a
-  stem (``a.png``, ``a.jpg``) would share that key, so those get their absolute path as key,
-  which kohya finds as it is (its ``--full_path`` form).
+  (``sub/001``): kohya looks it up as ``<train_data_dir>/<key><ext>`` for each extension it
+  knows, which works in subfolders and stays valid when the folder is copied elsewhere. An
+  image that lookup cannot find, or could confuse, gets its absolute path as key, which kohya
+  takes as it is (its ``--full_path`` form): one whose stem another image shares (``a.png``,
+  ``a.jpg``), or whose extension kohya does not glob for (``.gif``, ``.tiff``, ``.Jpg``).
 - ``csv``: the hf columns as CSV (tags joined with ", "), for spreadsheets and other tools.
 """
 
@@ -21,7 +22,6 @@ import csv
 import io
 import json
 import posixpath
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -35,6 +35,10 @@ FILE_NAMES: dict[Format, str] = {
     "csv": "captions.csv",
 }
 COLUMNS = ("file_name", "text", "negative_prompt", "tags", "status")
+# The endings kohya's glob_images tries after a key (library/train_util.py IMAGE_EXTENSIONS).
+KOHYA_GLOB = frozenset(
+    (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".PNG", ".JPG", ".JPEG", ".WEBP", ".BMP")
+)
 
 
 def hf_jsonl(rows: Sequence[Row]) -> bytes:
@@ -55,20 +59,20 @@ def hf_jsonl(rows: Sequence[Row]) -> bytes:
     return "".join(line + "\n" for line in lines).encode("utf-8")
 
 
-def kohya_key(file_name: str) -> str:
-    """The key kohya finds an image by: its relative path without the extension."""
-    stem, _ext = posixpath.splitext(file_name)
-    return stem
+def kohya_key(row: Row, folder: Path) -> str:
+    """The key kohya finds an image by: its relative path without the extension when kohya's
+    lookup finds exactly that image, else its absolute path."""
+    stem, ext = posixpath.splitext(row.file_name)
+    if ext in KOHYA_GLOB and not row.shared_stem:
+        return stem
+    return str(folder.joinpath(*row.file_name.split("/")))
 
 
 def kohya_json(rows: Sequence[Row], folder: Path) -> bytes:
-    """metadata_kohya.json for the images of ``folder`` (absolute keys on a stem clash)."""
-    keys = Counter(kohya_key(row.file_name) for row in rows)
+    """metadata_kohya.json for the images of ``folder``."""
     document: dict[str, dict[str, str]] = {}
     for row in rows:
-        key = kohya_key(row.file_name)
-        if keys[key] > 1:
-            key = str(folder.joinpath(*row.file_name.split("/")))
+        key = kohya_key(row, folder)
         in_caption = {piece.strip().casefold() for piece in row.text.split(",")}
         tags = [tag for tag in row.tags if tag.casefold() not in in_caption]
         document[key] = {"caption": row.text, "tags": ", ".join(tags)}

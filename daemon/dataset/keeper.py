@@ -114,11 +114,7 @@ class ManifestKeeper:
                 cache=cache,
             )
             for fmt in formats:
-                target = folder / FILE_NAMES[fmt]
-                if _is_a_sidecar_name(target, config.images.extensions):
-                    log.warning("manifest_skipped", path=str(target), reason="an image's sidecar")
-                    continue
-                write_atomic(target, build(fmt, rows, folder))
+                write_atomic(folder / FILE_NAMES[fmt], build(fmt, rows, folder))
         except (OSError, PromptdError) as exc:
             log.warning("manifests_not_written", folder=str(folder), error=str(exc))
             return
@@ -133,13 +129,3 @@ class ManifestKeeper:
             images=len(rows),
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
-
-
-def _is_a_sidecar_name(target: Path, extensions: Iterable[str]) -> bool:
-    """True when an image in the folder would have its .json at ``target`` (an image named
-    metadata_kohya.png): its record must not be overwritten."""
-    stem = target.name.removesuffix(".json")
-    return target.suffix == ".json" and any(
-        target.with_name(stem + ext).exists() or target.with_name(stem + ext.upper()).exists()
-        for ext in extensions
-    )

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from daemon.fs.names import RULE_FILE, is_ignored_name
+from daemon.fs.names import MANIFEST_FILES, RULE_FILE, is_ignored_name
 from daemon.sidecar import read_sidecar
 
 LISTED = ("ok", "degraded")
-MANIFEST_NAMES = frozenset({"metadata.jsonl", "metadata_kohya.json"})
 _MAX_CAPTION_BYTES = 64 * 1024
 _MAX_TAGS = 64
 Signature = tuple[int, int] | None  # (size, mtime_ns) of a file; None when there is none
@@ -37,6 +36,7 @@ class Row:
     negative_prompt: str
     tags: tuple[str, ...]
     status: str  # ok | degraded
+    shared_stem: bool = False  # another image in its folder has the same stem (a.png, a.jpg)
 
 
 @dataclass
@@ -67,7 +67,7 @@ def scan_rows(
         prefix = "" if relative == "." else relative.replace(os.sep, "/") + "/"
         images = _ImageIndex.of(entries, exts, patterns)
         for name, entry in entries.items():
-            if not name.endswith(".json") or name in MANIFEST_NAMES:
+            if not name.endswith(".json") or name in MANIFEST_FILES:
                 continue
             found = _row_for(entry, entries, images, prefix, cache, kept)
             if found is not None:
@@ -136,6 +136,11 @@ class _ImageIndex:
                 by_stem.setdefault(name[:dot], []).append(entry)
         return cls(by_name, by_stem)
 
+    def shared(self, name: str) -> bool:
+        """Whether another image in the folder has the stem of ``name``."""
+        dot = name.rfind(".")
+        return dot > 0 and len(self.by_stem.get(name[:dot], ())) > 1
+
     def for_record(self, stem: str) -> os.DirEntry[str] | None:
         """The image a record named ``stem.json`` may describe: ``stem`` itself (filename
         form, photo.jpg.json), else the one image with that stem (stem form, photo.json)."""
@@ -165,6 +170,9 @@ def _row_for(
         row = cached[1]
     else:
         row = _read_row(record, image, txt, prefix, signatures[1])
+    if row is not None:
+        shared = images.shared(image.name if image is not None else "")
+        row = row if row.shared_stem == shared else replace(row, shared_stem=shared)
     kept[record.path] = (signatures, row)
     return (signatures[0][1], row) if row is not None else None
 
