@@ -1,4 +1,4 @@
-"""Run promptd's benchmarks: ``python -m bench [clip|daemon|all] [options for the bench]``.
+"""Run promptd's benchmarks: ``python -m bench [clip|daemon|training|all] [options]``.
 
 Each bench is a module with ``main(argv: list[str]) -> int``; add new ones to BENCHES.
 Options after the bench name go to that bench (``python -m bench clip --images 8``).
@@ -13,6 +13,7 @@ import sys
 BENCHES: dict[str, str] = {
     "clip": "bench.clip_bench",  # seed 000's CLIP calls vs ClipAnalyzer, unbatched and batched
     "daemon": "bench.daemon_bench",  # promptd run vs the bare pipeline, latency, scan, memory
+    "training": "bench.training_bench",  # clip_prompt vs the plain CLIP stage; manifest rebuilds
 }
 
 

@@ -20,7 +20,7 @@ from daemon.config import load_config
 from daemon.config.rules import RuleResolver
 from daemon.dataset.formats import kohya_json
 from daemon.dataset.keeper import ManifestKeeper
-from daemon.dataset.rows import Row, RowCache, scan_rows
+from daemon.dataset.rows import RowCache, scan_rows
 from tests.fake_ollama import FakeOllama
 from tests.images import make_bad_images, make_good_images
 from tests.test_process import write_config
@@ -265,6 +265,20 @@ def test_rows_take_the_users_edited_caption_and_clean_tags(tmp_path: Path) -> No
     assert b.text == "a photo of b.png"
 
 
+def test_rows_read_an_own_caption_edited_to_the_same_length(tmp_path: Path) -> None:
+    """A .txt promptd wrote is trusted unread only while it is no newer than its record: an
+    edit of the same length, made later, is what the manifest lists."""
+    record = write_record(tmp_path, "c.png", prompt="abc", outputs={"txt": "c.txt"})
+    txt = tmp_path / "c.txt"
+    txt.write_text("abc\n", encoding="utf-8")
+    stamp = record.stat().st_mtime_ns
+    os.utime(txt, ns=(stamp, stamp - 1_000_000))
+    assert [r.text for r in scan_rows(tmp_path, [".png"])] == ["abc"]
+    txt.write_text("xyz\n", encoding="utf-8")
+    os.utime(txt, ns=(stamp, stamp + 1_000_000_000))
+    assert [r.text for r in scan_rows(tmp_path, [".png"])] == ["xyz"]
+
+
 def test_rows_cache_rereads_only_what_changed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -299,10 +313,12 @@ def test_rows_skip_hidden_and_ignored_folders_and_names_that_cannot_be_written(
     assert names == ["kept.png"]
 
 
-def test_kohya_tags_already_in_the_caption_are_not_repeated() -> None:
+def test_kohya_tags_already_in_the_caption_are_not_repeated(tmp_path: Path) -> None:
     """kohya appends tags to the caption, so those the caption has are left out."""
-    rows = [Row("a.png", "zxq, Red, a cat", "", ("red", "cat", "blue"), "ok")]
-    assert json.loads(kohya_json(rows, Path("/d"))) == {
+    write_record(tmp_path, "a.png", tags=["red", "cat", "blue"])
+    (tmp_path / "a.txt").write_text("zxq, Red, a cat\n", encoding="utf-8")
+    rows = scan_rows(tmp_path, [".png"])
+    assert json.loads(kohya_json(rows, tmp_path)) == {
         "a": {"caption": "zxq, Red, a cat", "tags": "cat, blue"}
     }
 

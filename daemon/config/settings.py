@@ -138,7 +138,7 @@ class ClipSettings(Frozen):
         "off | a text file with one phrase per line",
     )
     chain_steps: int = Field(
-        4, ge=0, le=32, description="clip_prompt: most phrases the greedy chain adds (0: none)"
+        2, ge=0, le=32, description="clip_prompt: most phrases the greedy chain adds (0: none)"
     )
     chain_width: int = Field(
         4, ge=1, le=64, description="clip_prompt: candidate prompts encoded per chain step"

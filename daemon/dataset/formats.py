@@ -69,14 +69,14 @@ def kohya_key(row: Row, folder: Path) -> str:
 
 
 def kohya_json(rows: Sequence[Row], folder: Path) -> bytes:
-    """metadata_kohya.json for the images of ``folder``."""
-    document: dict[str, dict[str, str]] = {}
-    for row in rows:
-        key = kohya_key(row, folder)
-        in_caption = {piece.strip().casefold() for piece in row.text.split(",")}
-        tags = [tag for tag in row.tags if tag.casefold() not in in_caption]
-        document[key] = {"caption": row.text, "tags": ", ".join(tags)}
-    return (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    """metadata_kohya.json for the images of ``folder``, one image per line."""
+    lines = [
+        f"{json.dumps(kohya_key(row, folder), ensure_ascii=False)}: "
+        + json.dumps({"caption": row.text, "tags": ", ".join(row.extra_tags)}, ensure_ascii=False)
+        for row in rows
+    ]
+    body = ",\n".join(lines)
+    return ("{\n" + body + "\n}\n" if lines else "{}\n").encode("utf-8")
 
 
 def csv_table(rows: Sequence[Row]) -> bytes:

@@ -37,6 +37,7 @@ class Row:
     tags: tuple[str, ...]
     status: str  # ok | degraded
     shared_stem: bool = False  # another image in its folder has the same stem (a.png, a.jpg)
+    extra_tags: tuple[str, ...] = ()  # the tags the caption does not already hold
 
 
 @dataclass
@@ -169,7 +170,7 @@ def _row_for(
     if cached is not None and cached[0] == signatures:
         row = cached[1]
     else:
-        row = _read_row(record, image, txt, prefix, signatures[1])
+        row = _read_row(record, image, txt, prefix, signatures)
     if row is not None:
         shared = images.shared(image.name if image is not None else "")
         row = row if row.shared_stem == shared else replace(row, shared_stem=shared)
@@ -182,8 +183,9 @@ def _read_row(
     image: os.DirEntry[str] | None,
     txt: os.DirEntry[str] | None,
     prefix: str,
-    image_signature: Signature,
+    signatures: tuple[Signature, Signature, Signature],
 ) -> Row | None:
+    json_signature, image_signature, txt_signature = signatures
     doc = read_sidecar(record.path)
     if doc is None or image is None or doc.get("status") not in LISTED:
         return None
@@ -200,10 +202,35 @@ def _read_row(
         file_name.encode("utf-8")
     except UnicodeEncodeError:  # a name no JSON reader could find again
         return None
-    caption = _caption(txt) or prompt.strip()
+    if txt is not None and _unchanged_own_caption(
+        doc, txt.name, prompt, json_signature, txt_signature
+    ):
+        caption = prompt.strip()
+    else:
+        caption = _caption(txt) or prompt.strip()
     if not caption:
         return None
-    return Row(file_name, caption, negative, _tags(doc.get("tags")), str(doc["status"]))
+    tags = _tags(doc.get("tags"))
+    in_caption = {piece.strip().casefold() for piece in caption.split(",")}
+    extra = tuple(tag for tag in tags if tag.casefold() not in in_caption)
+    return Row(file_name, caption, negative, tags, str(doc["status"]), extra_tags=extra)
+
+
+def _unchanged_own_caption(
+    doc: dict[str, Any], name: str, prompt: str, record: Signature, txt: Signature
+) -> bool:
+    """True when the .txt is the one promptd wrote with the record and not touched since: it
+    names it, it is the prompt's size and no newer than the record (written just before it).
+    Then the recorded prompt is its line, and the file need not be read."""
+    outputs = doc.get("outputs")
+    return (
+        isinstance(outputs, dict)
+        and outputs.get("txt") == name
+        and record is not None
+        and txt is not None
+        and txt[0] == len(prompt.encode("utf-8")) + 1
+        and txt[1] <= record[1]
+    )
 
 
 def _caption(txt: os.DirEntry[str] | None) -> str:
@@ -223,5 +250,11 @@ def _tags(value: Any) -> tuple[str, ...]:
     """A record's tags, kept only if they are plain one-line strings without commas."""
     if not isinstance(value, list):
         return ()
-    tags = [" ".join(t.split()) for t in value[:_MAX_TAGS] if isinstance(t, str)]
-    return tuple(t for t in tags if t and "," not in t)
+    tags = value[:_MAX_TAGS]
+    if all(
+        isinstance(t, str) and t.isprintable() and t == t.strip() != "" and "," not in t
+        for t in tags
+    ):
+        return tuple(tags)  # what promptd writes
+    cleaned = [" ".join(t.split()) for t in tags if isinstance(t, str)]
+    return tuple(t for t in cleaned if t and "," not in t)

@@ -122,9 +122,16 @@ class Interrogator:
         ][:CANDIDATES]
         suffix = {i: self._comma_ids(vocab.phrases[i]) for i in pool}
         ids = [bos, *self._prompt_ids(parts)]
-        step = _Step(self, parts, self._start(ids) if self._check_exact(bos, eos) else None)
-        embeds, _ = step.encode([[eos]], [None])
-        current = embeds[0]
+        self.text_forwards += 1
+        if self._check_exact(bos, eos):
+            with self._source.gpu():
+                state, current = self._encoder.open(ids, eos)
+            step = _Step(self, parts, state)
+        else:
+            step, current = (
+                _Step(self, parts, None),
+                self._source.encode_texts([", ".join(parts)])[0],
+            )
         score = float(current @ image)
         for _ in range(settings.chain_steps):
             room = self._encoder.max_tokens - len(ids) - 1  # the end marker
@@ -148,11 +155,6 @@ class Interrogator:
             current, score = embeds[best], float(scores[best])
             pool.remove(pick)
         return parts
-
-    def _start(self, ids: list[int]) -> Prefix:
-        self.text_forwards += 1
-        with self._source.gpu():
-            return self._encoder.start(ids)
 
     # --- tokens ------------------------------------------------------------------------------
 

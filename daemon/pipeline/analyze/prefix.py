@@ -46,6 +46,13 @@ class PrefixEncoder:
         empty = Prefix((), ())
         return self.extend(empty, ids)
 
+    def open(self, ids: list[int], eos: int) -> tuple[Prefix, torch.Tensor]:
+        """The prompt ``ids`` (start marker first) run once with the end marker after it: its
+        states without the end marker, and its own normalised embedding (CPU, float32)."""
+        empty = Prefix((), ())
+        embeds, fresh = self.embed_after(empty, [[*ids, eos]])
+        return adopt(empty, fresh, 0, ids), embeds[0]
+
     def extend(self, prefix: Prefix, ids: list[int]) -> Prefix:
         """``prefix`` followed by ``ids``: only the new tokens are computed."""
         if not ids:
