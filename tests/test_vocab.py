@@ -126,14 +126,17 @@ def test_invalid_vocabulary_settings_are_refused(tables: dict[str, str]) -> None
 
 
 def test_vocabulary_paths_are_relative_to_config_yaml(tmp_path: Path) -> None:
-    """A relative file in clip.vocabularies is taken from config.yaml's folder."""
+    """A relative file in clip.vocabularies is taken from config.yaml's folder; off is off."""
     (tmp_path / "lists").mkdir()
     config = tmp_path / "config.yaml"
-    config.write_text("clip:\n  vocabularies: {flavors: lists/f.txt, artists: builtin}\n")
+    config.write_text(
+        "clip:\n  vocabularies: {flavors: lists/f.txt, artists: builtin, camera: off}\n"
+    )
     loaded = load_config(config, {"HOME": str(tmp_path)})
     assert loaded.clip.vocabularies == {
         "flavors": str(tmp_path.resolve() / "lists" / "f.txt"),
         "artists": "builtin",
+        "camera": "off",  # YAML's bare off is false: taken as meant
     }
 
 

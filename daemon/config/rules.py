@@ -18,13 +18,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from daemon.config.load import DEEP_THINKING, without_invalid_deep_thinking
-from daemon.config.settings import (
-    VOCABULARY_DEFAULTS,
-    Config,
-    Mode,
-    OllamaModels,
-    RuleSettings,
-)
+from daemon.config.settings import Config, Mode, OllamaModels, RuleSettings
+from daemon.config.vocabulary import VOCABULARY_DEFAULTS
 from daemon.config.yamlfile import load_yaml, ordered, problem, summarise, validation_problems
 from daemon.errors import ConfigError, ImageError
 from daemon.fs.names import RULE_FILE, is_ignored_name

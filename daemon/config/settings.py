@@ -6,7 +6,6 @@ config.yaml (``promptd check-config`` reports problems against them).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,21 +17,12 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.config.vocabulary import vocabulary_sources
+
 Mode = Literal["speed", "quality", "vision", "clip"]
 MODES: tuple[Mode, ...] = ("speed", "quality", "vision", "clip")
 HINT_MAX_CHARS = 1000  # a few sentences; the rest of the prompt must stay the larger part
 ManifestFormat = Literal["hf", "kohya"]
-# clip_prompt's phrase tables and where they come from: promptd's own lists (package data),
-# "off", or a text file of the user's (one phrase per line, e.g. CLIP Interrogator's data/*.txt).
-VOCABULARY_DEFAULTS: dict[str, str] = {
-    "mediums": "builtin",
-    "movements": "builtin",
-    "lighting": "builtin",
-    "camera": "builtin",
-    "flavors": "builtin",
-    "artists": "off",  # names, used as "by NAME"
-}
-_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 class Frozen(BaseModel):
@@ -144,19 +134,7 @@ class ClipSettings(Frozen):
         4, ge=1, le=64, description="clip_prompt: candidate prompts encoded per chain step"
     )
 
-    @field_validator("vocabularies")
-    @classmethod
-    def _vocabularies(cls, value: dict[str, str]) -> dict[str, str]:
-        if len(value) > 16:
-            raise ValueError("at most 16 vocabulary tables")
-        for name, source in value.items():
-            if not _TABLE_NAME.match(name):
-                raise ValueError(f"table name {name!r}: use lowercase letters, digits and _")
-            if not source.strip():
-                raise ValueError(f"{name}: give builtin, off or a file")
-            if source == "builtin" and name not in VOCABULARY_DEFAULTS:
-                raise ValueError(f"{name}: promptd has no built-in table of that name; give a file")
-        return value
+    _vocabularies = field_validator("vocabularies", mode="before")(vocabulary_sources)
 
 
 class OllamaModels(Frozen):

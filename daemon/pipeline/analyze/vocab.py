@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from daemon.config import ClipSettings
-from daemon.config.settings import VOCABULARY_DEFAULTS
+from daemon.config.vocabulary import VOCABULARY_DEFAULTS
 from daemon.errors import ConfigError
 
 MAX_BYTES = 16 * 1024 * 1024  # CLIP Interrogator's flavors.txt (100,970 phrases) is ~2.5 MB
