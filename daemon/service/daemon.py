@@ -72,10 +72,10 @@ class Service:
         for thread in (self.worker.thread, self.intake.thread, self.health.thread):
             thread.start()
         self.intake.request_scan(None, redo_degraded=True)
-        self.manifests.discover()
         self.notifier.ready()
         inboxes = [str(p) for p in self.live.config.inbox]
         log.info("service_ready", inbox=inboxes, version=__version__)
+        self.manifests.discover()  # folders that keep manifests: rebuilt by the first flush
         self._main_loop()
         return self._shutdown()
 
