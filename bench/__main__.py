@@ -15,6 +15,7 @@ BENCHES: dict[str, str] = {
     "daemon": "bench.daemon_bench",  # promptd run vs the bare pipeline, latency, scan, memory
     "distributed": "bench.distributed_bench",  # 1, 2, 4 workers through Redis; broker's cost
     "api": "bench.api_bench",  # POST /api/images/analyze vs the pipeline, idle and with a backlog
+    "training": "bench.training_bench",  # clip_prompt vs the plain CLIP stage; manifest rebuilds
 }
 
 

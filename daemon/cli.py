@@ -1,4 +1,4 @@
-"""The `promptd` command: process, run, worker, status, check-config, doctor."""
+"""The `promptd` command: process, run, worker, status, check-config, doctor, export."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon import __version__
 from daemon.config import MODES, Config, default_config_path, load_config
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, PromptdError
 from daemon.logs import configure_logging
 from daemon.records import Result
+
+if TYPE_CHECKING:
+    from daemon.config.rules import RuleResolver
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 _Advance = Callable[[int], object]
@@ -82,7 +86,22 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("doctor", "Check Ollama, the models, CLIP, the GPU and the inbox; say what to fix.")
     p.set_defaults(func=_cmd_doctor)
+
+    _export_parser(command)
     return parser
+
+
+def _export_parser(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    p = command("export", "Write a folder's training-set manifest from its sidecar records.")
+    p.add_argument("folder", type=Path, metavar="FOLDER")
+    p.add_argument(
+        "--format",
+        choices=("hf", "kohya", "csv"),
+        default="hf",
+        help="hf: metadata.jsonl (default); kohya: metadata_kohya.json; csv: captions.csv",
+    )
+    p.add_argument("--out", type=Path, help="Output file (default: in FOLDER; - for stdout)")
+    p.set_defaults(func=_cmd_export)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -113,9 +132,20 @@ def _cmd_process(args: argparse.Namespace) -> int:
             chunk = process_batch(paths[i : i + batch], ctx, force=args.force)
             results.extend(chunk)
             advance(len(chunk))
+    _update_manifests(config, ctx.rules, results)
     print(summarize(results, time.perf_counter() - started))
     failed = {"error", "failed", "held", "retry"}
     return EXIT_FAILED if missing or any(r.outcome in failed for r in results) else EXIT_OK
+
+
+def _update_manifests(config: Config, rules: RuleResolver, results: Sequence[Result]) -> None:
+    """Rewrite the manifests of the folders (rule key ``manifests``) the results fall under."""
+    from daemon.dataset.keeper import ManifestKeeper
+
+    keeper = ManifestKeeper(lambda: config, lambda: rules)
+    for result in results:
+        keeper.note(result.path)
+    keeper.flush_all()
 
 
 def summarize(results: Sequence[Result], seconds: float) -> str:
@@ -163,14 +193,43 @@ class _progress:
             self._redirect.__exit__(None, None, None)
 
 
+# --- export -----------------------------------------------------------------------------------
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from daemon.dataset.export import default_output, export_bytes, write_export
+
+    config = _load(args)
+    folder: Path = args.folder
+    if not folder.is_dir():
+        print(f"promptd: {folder}: not a folder", file=sys.stderr)
+        return EXIT_FAILED
+    if args.out is not None and str(args.out) == "-":
+        data, count = export_bytes(folder, args.format, config)
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        print(f"{count} images", file=sys.stderr)
+        return EXIT_OK
+    out = args.out if args.out is not None else default_output(folder, args.format)
+    try:
+        count = write_export(folder, args.format, out, config)
+    except PromptdError as exc:
+        print(f"promptd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{out}: {count} images")
+    return EXIT_OK
+
+
 # --- check-config, status, run, doctor --------------------------------------------------------
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from daemon.config.rules import check_all
+    from daemon.pipeline.analyze.vocab import check_vocabularies
 
     config = _load(args)
     problems, warnings = check_all(config)
+    problems += check_vocabularies(config.clip)
     for warning in warnings:
         print(warning)
     for problem in problems:

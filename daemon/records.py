@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
 from daemon.config.settings import Mode, RuleSettings
+
+if TYPE_CHECKING:
+    import torch
 
 Status = Literal["ok", "degraded", "error"]
 # ok/degraded/error: sidecars written. skipped: nothing to do. held: an invalid rule file
@@ -71,6 +74,15 @@ class Scored:
 Analysis = Mapping[str, tuple[Scored, ...]]  # category -> top-k labels, best first
 
 
+@dataclass(frozen=True, eq=False)
+class Analyzed:
+    """What CLIP made of one image: its analysis and the image embedding it was scored with,
+    kept so a later stage (clip_prompt) needs no second vision forward."""
+
+    analysis: Analysis
+    embedding: torch.Tensor | None = None  # L2-normalised float32, CPU; None without CLIP
+
+
 @dataclass(frozen=True)
 class EffectiveRule:
     """The settings that apply to one image and where they came from."""
@@ -92,6 +104,14 @@ class Composition:
     models: Mapping[str, str]  # role -> model name, e.g. {"llm": "llama3.2:latest"}
     degraded_reason: str | None = None  # set when a fallback produced this
     attempts: int = 1
+
+
+@dataclass(frozen=True)
+class ClipPrompt:
+    """The CLIP-Interrogator-style prompt of an image, or why it could not be built."""
+
+    text: str | None
+    reason: str | None = None  # set when text is None: the record is then degraded
 
 
 @dataclass(frozen=True)

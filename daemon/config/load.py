@@ -114,6 +114,12 @@ def _complete(
     api = config.api
     if api.save_to is not None:
         api = api.model_copy(update={"save_to": _absolute(api.save_to, base, environ)})
+    vocabularies = {
+        name: source
+        if source in ("builtin", "off")
+        else str(_absolute(Path(source), base, environ))
+        for name, source in config.clip.vocabularies.items()
+    }
     return config.model_copy(
         update={
             "api": api,
@@ -121,7 +127,7 @@ def _complete(
             "cache_dir": cache_dir,
             "state_dir": state_dir,
             "ollama": config.ollama.model_copy(update={"host": host}),
-            "clip": config.clip.model_copy(update={"model": model}),
+            "clip": config.clip.model_copy(update={"model": model, "vocabularies": vocabularies}),
             "source": source,
         }
     )

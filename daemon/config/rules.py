@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from daemon.config.load import DEEP_THINKING, without_invalid_deep_thinking
 from daemon.config.settings import Config, Mode, OllamaModels, RuleSettings
+from daemon.config.vocabulary import VOCABULARY_DEFAULTS
 from daemon.config.yamlfile import load_yaml, ordered, problem, summarise, validation_problems
 from daemon.errors import ConfigError, ImageError
 from daemon.fs.names import RULE_FILE, is_ignored_name
@@ -54,7 +55,7 @@ def parse_rule_file(path: Path) -> dict[str, Any]:
 def fingerprint_for(settings: RuleSettings, config: Config) -> str:
     """sha256 of everything that shapes an image's sidecars; equal means up to date."""
     labels = config.clip.labels
-    document = {
+    document: dict[str, Any] = {
         "version": FINGERPRINT_VERSION,
         "settings": settings.model_dump(mode="json"),
         "clip_model": config.clip.model,
@@ -65,8 +66,17 @@ def fingerprint_for(settings: RuleSettings, config: Config) -> str:
         },
         "llm": llm_model(settings.mode, config.ollama.models),
     }
+    if wants_clip_prompt(settings):  # the phrase tables and the chain shape the record too
+        clip = config.clip
+        document["vocabularies"] = {**VOCABULARY_DEFAULTS, **clip.vocabularies}
+        document["chain"] = [clip.chain_steps, clip.chain_width]
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def wants_clip_prompt(settings: RuleSettings) -> bool:
+    """Whether an image under ``settings`` gets a clip_prompt (asked for, or the .txt uses it)."""
+    return settings.clip_prompt or settings.caption_from == "clip_prompt"
 
 
 def llm_model(mode: Mode, models: OllamaModels) -> str | None:
@@ -128,6 +138,36 @@ class RuleResolver:
             problems = tuple(f"{where}: {e['msg']}" for e in exc.errors())
             raise ConfigError("the combined rule is invalid", where, problems) from exc
         return EffectiveRule(settings, tuple(sources), fingerprint_for(settings, self._config))
+
+    def origin_of(self, folder: Path, key: str) -> tuple[Path, Any] | None:
+        """Which folder's rule sets ``key`` for the images in ``folder``, and to what.
+
+        The nearest rule file that sets the key wins; failing that, the inbox root when
+        config.yaml's ``defaults`` set it; None when nothing sets it (the built-in default
+        applies). An invalid rule file on the way is passed over. ``folder`` need not exist.
+        """
+        found = self.locate(folder)
+        if found is None:
+            return None
+        root, resolved = found
+        parts = resolved.relative_to(root).parts
+        for depth in range(len(parts), -1, -1):
+            candidate = root.joinpath(*parts[:depth])
+            value = self.setting_in(candidate, key)
+            if value is not None:
+                return candidate, value[0]
+        if key in self._config.defaults.model_fields_set:
+            return root, getattr(self._config.defaults, key)
+        return None
+
+    def setting_in(self, folder: Path, key: str) -> tuple[Any] | None:
+        """``(value,)`` when ``folder``'s own rule file sets ``key``; None when it has no rule
+        file, does not set the key, or the file is invalid."""
+        try:
+            overrides = self._rule(folder / RULE_FILE)
+        except ConfigError:
+            return None
+        return (overrides[key],) if overrides is not None and key in overrides else None
 
     def locate(self, path: Path) -> tuple[Path, Path] | None:
         """(inbox root, resolved path), comparing resolved paths so no symlink leads out."""

@@ -19,10 +19,12 @@ from pydantic import (
 
 from daemon.config.apisettings import ApiSettings
 from daemon.config.distributed import DistributedSettings
+from daemon.config.vocabulary import vocabulary_sources
 
 Mode = Literal["speed", "quality", "vision", "clip"]
 MODES: tuple[Mode, ...] = ("speed", "quality", "vision", "clip")
 HINT_MAX_CHARS = 1000  # a few sentences; the rest of the prompt must stay the larger part
+ManifestFormat = Literal["hf", "kohya"]
 
 
 class Frozen(BaseModel):
@@ -63,6 +65,20 @@ class RuleSettings(Frozen):
         max_length=HINT_MAX_CHARS,
         description="The user's own instructions for the LLM (seed 000's user prompt), e.g. "
         "'all photos show the Acme Runner shoe; name the colourway'; unused in clip mode",
+    )
+    clip_prompt: bool = Field(
+        False, description="Also build a CLIP-Interrogator-style prompt (the record's clip_prompt)"
+    )
+    caption_from: Literal["prompt", "clip_prompt"] = Field(
+        "prompt", description="What the .txt is built from: the mode's prompt, or clip_prompt"
+    )
+    tag_threshold: float = Field(
+        0.1, ge=0, le=1, description="CLIP labels scoring at least this become the record's tags"
+    )
+    manifests: tuple[ManifestFormat, ...] = Field(
+        (),
+        description="Dataset manifests this folder keeps for every image below it: hf "
+        "(metadata.jsonl) and/or kohya (metadata_kohya.json)",
     )
 
     @model_validator(mode="before")
@@ -108,6 +124,19 @@ class ClipSettings(Frozen):
         False, description="Never contact the model hub (only the local cache or folder)"
     )
     labels: LabelSettings = Field(default_factory=LabelSettings)  # type: ignore[arg-type]
+    vocabularies: dict[str, str] = Field(
+        default_factory=dict,
+        description="clip_prompt's phrase tables, merged over promptd's own: table -> builtin | "
+        "off | a text file with one phrase per line",
+    )
+    chain_steps: int = Field(
+        2, ge=0, le=32, description="clip_prompt: most phrases the greedy chain adds (0: none)"
+    )
+    chain_width: int = Field(
+        4, ge=1, le=64, description="clip_prompt: candidate prompts encoded per chain step"
+    )
+
+    _vocabularies = field_validator("vocabularies", mode="before")(vocabulary_sources)
 
 
 class OllamaModels(Frozen):
@@ -194,6 +223,9 @@ class WatchSettings(Frozen):
     )
     recheck_s: float = Field(
         5.0, gt=0, description="First wait before checking whether Ollama is back (doubles)"
+    )
+    manifest_interval_s: float = Field(
+        3.0, ge=0.1, description="Least time between two rewrites of one folder's manifests"
     )
 
 

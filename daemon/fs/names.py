@@ -11,6 +11,8 @@ from fnmatch import translate
 from functools import lru_cache
 
 RULE_FILE = ".promptd.yaml"  # a folder's rules (daemon.config.rules reads them)
+# Dataset manifests a folder may keep (daemon.dataset); no image's sidecar takes these names.
+MANIFEST_FILES = frozenset({"metadata.jsonl", "metadata_kohya.json", "captions.csv"})
 
 # Hidden files, editors' and browsers' partial downloads, sync tools' temp names, NAS metadata.
 IGNORED_PATTERNS: tuple[str, ...] = (

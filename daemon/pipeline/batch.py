@@ -19,13 +19,23 @@ from typing import TypeVar
 import structlog
 
 from daemon import sidecar
+from daemon.config.rules import wants_clip_prompt
 from daemon.errors import ImageError, PromptdError
 from daemon.pipeline.admit import Admitted, admit
 from daemon.pipeline.context import Context
 from daemon.pipeline.load import read_image
 from daemon.pipeline.stats import describe_stats
+from daemon.pipeline.training import base_caption
 from daemon.pipeline.write import elapsed_ms, write_error, write_ok
-from daemon.records import Analysis, Composition, EffectiveRule, LoadedImage, Result
+from daemon.records import (
+    Analysis,
+    Analyzed,
+    ClipPrompt,
+    Composition,
+    EffectiveRule,
+    LoadedImage,
+    Result,
+)
 
 log = structlog.get_logger("promptd.pipeline")
 _T = TypeVar("_T")
@@ -41,13 +51,21 @@ def load(admitted: Admitted, ctx: Context) -> LoadedImage:
 
 def analyze(images: Sequence[LoadedImage], ctx: Context) -> tuple[list[Analysis], str | None]:
     """CLIP zero-shot for a batch; on failure, empty analyses and the reason."""
+    seen, reason = analyze_embedded(images, ctx)
+    return [s.analysis for s in seen], reason
+
+
+def analyze_embedded(
+    images: Sequence[LoadedImage], ctx: Context
+) -> tuple[list[Analyzed], str | None]:
+    """``analyze``, each analysis with the image embedding (kept for clip_prompt)."""
     if ctx.analyzer is None or not images:
-        return [{} for _ in images], None
+        return [Analyzed({}) for _ in images], None
     try:
-        return ctx.analyzer.analyze([img.image for img in images]), None
+        return ctx.analyzer.analyze_embedded([img.image for img in images]), None
     except PromptdError as exc:
         log.warning("clip_unavailable", error=str(exc))
-        return [{} for _ in images], f"CLIP unavailable: {exc.message}"
+        return [Analyzed({}) for _ in images], f"CLIP unavailable: {exc.message}"
 
 
 def compose(
@@ -61,6 +79,23 @@ def compose(
         describe_stats(loaded.stats),
         loaded.image,
     )
+
+
+def interrogate(
+    seen: Analyzed, composition: Composition, rule: EffectiveRule, ctx: Context
+) -> ClipPrompt | None:
+    """The CLIP-Interrogator-style prompt when the rule wants one (None when it does not)."""
+    settings = rule.settings
+    if not wants_clip_prompt(settings):
+        return None
+    if ctx.analyzer is None or seen.embedding is None:
+        return ClipPrompt(None, "clip_prompt needs CLIP, which was unavailable")
+    caption = base_caption(composition, seen.analysis, settings.language)
+    try:
+        return ClipPrompt(ctx.analyzer.clip_prompt(caption, seen.embedding))
+    except PromptdError as exc:
+        log.warning("clip_prompt_unavailable", error=str(exc))
+        return ClipPrompt(None, f"clip_prompt unavailable: {exc}")
 
 
 # --- driving the stages --------------------------------------------------------------------
@@ -112,23 +147,26 @@ def finish_batch(
     results = dict(prepared.results)
     work = prepared.work
     started = time.perf_counter()
-    analyses, clip_reason = analyze([loaded for _, loaded, _ in work], ctx)
+    analyses, clip_reason = analyze_embedded([loaded for _, loaded, _ in work], ctx)
     share = elapsed_ms(started) / max(len(work), 1)
-    for (admitted, loaded, timings), analysis in zip(work, analyses, strict=True):
+    for (admitted, loaded, timings), seen in zip(work, analyses, strict=True):
         timings["analyze"] = share
 
         def finish(
             a: Admitted = admitted,
             img: LoadedImage = loaded,
-            an: Analysis = analysis,
+            s: Analyzed = seen,
             t: dict[str, float] = timings,
         ) -> Result:
             begun = time.perf_counter()
-            composition = compose(img, an, a.rule, ctx)
+            composition = compose(img, s.analysis, a.rule, ctx)
             t["compose"] = elapsed_ms(begun)
+            extra = interrogate(s, composition, a.rule, ctx)
+            if extra is not None:
+                t["clip_prompt"] = elapsed_ms(begun) - t["compose"]
             if should_write is not None and not should_write(a.path):
                 return Result(a.path, "skipped", "lock lost before writing: another worker has it")
-            return write_ok(a, img, an, composition, clip_reason, t, ctx)
+            return write_ok(a, img, s.analysis, composition, clip_reason, t, ctx, clip_prompt=extra)
 
         results[admitted.path] = _guard(admitted.path, finish)
     ordered = [results[p] for p in prepared.paths]

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
 
 from daemon.config import Config, Mode
 from daemon.config.rules import RuleResolver
 from daemon.pipeline.compose.modes import Composer
-from daemon.records import Analysis
+from daemon.records import Analysis, Analyzed
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Analyzer(Protocol):
@@ -21,6 +24,10 @@ class Analyzer(Protocol):
     def model_id(self) -> str: ...
 
     def analyze(self, images: Sequence[Image.Image]) -> list[Analysis]: ...
+
+    def analyze_embedded(self, images: Sequence[Image.Image]) -> list[Analyzed]: ...
+
+    def clip_prompt(self, caption: str, embedding: torch.Tensor) -> str: ...
 
     def count_tokens(self, text: str) -> int: ...
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from daemon import sidecar
@@ -14,14 +15,19 @@ from daemon.errors import ImageError, PromptdError
 from daemon.pipeline.admit import Admitted, admit
 from daemon.pipeline.compose.text import assemble_line
 from daemon.pipeline.context import Context
-from daemon.records import Analysis, Composition, EffectiveRule, LoadedImage, Result
+from daemon.pipeline.training import caption_text, hint_used, tags_for
+from daemon.records import Analysis, ClipPrompt, Composition, EffectiveRule, LoadedImage, Result
 
 
-def prompt_line(composition: Composition, rule: EffectiveRule, ctx: Context) -> str:
-    """The one line of the .txt: trigger words, prefix, prompt, suffix, fitted to the token budget."""
+def prompt_line(
+    composition: Composition, rule: EffectiveRule, ctx: Context, clip_prompt: str | None = None
+) -> str:
+    """The one line of the .txt: trigger words, prefix, prompt, suffix, fitted to the token
+    budget; the prompt is the mode's, or ``clip_prompt`` when the rule's caption_from says so."""
     s = rule.settings
+    prompt = caption_text(composition, clip_prompt, s)
     return assemble_line(
-        s.trigger_words, s.prefix, composition.prompt, s.suffix, s.max_prompt_tokens, _counter(ctx)
+        s.trigger_words, s.prefix, prompt, s.suffix, s.max_prompt_tokens, _counter(ctx)
     )
 
 
@@ -58,12 +64,19 @@ def write_ok(
     clip_reason: str | None,
     timings: dict[str, float],
     ctx: Context,
+    *,
+    clip_prompt: ClipPrompt | None = None,
 ) -> Result:
     """Write the .txt (unless a foreign caption is kept) and the .json; return the result."""
     started = time.perf_counter()
     rule = admitted.rule
-    line = prompt_line(composition, rule, ctx)
-    reasons = [r for r in (clip_reason, composition.degraded_reason) if r]
+    extra = clip_prompt or ClipPrompt(None)
+    line = prompt_line(composition, rule, ctx, extra.text)
+    reasons = [r for r in (clip_reason, composition.degraded_reason, extra.reason) if r]
+    if extra.text and composition.context and "clip_prompt" in composition.context:
+        # The seed-001 field and the record's clip_prompt are one thing when both exist.
+        context = {**composition.context, "clip_prompt": extra.text}
+        composition = replace(composition, context=context)
     status = "degraded" if reasons else "ok"
     txt_plan = sidecar.plan_txt(
         admitted.sidecars, rule.settings.existing_caption, admitted.previous
@@ -83,6 +96,9 @@ def write_ok(
         clip_model=ctx.analyzer.model_id if ctx.analyzer is not None and not clip_reason else None,
         degraded_reason="; ".join(reasons) or None,
         timings_ms=timings,
+        clip_prompt=extra.text,
+        tags=tags_for(analysis, rule.settings.tag_threshold),
+        hint_used=hint_used(rule.settings, composition),
     )
     written = sidecar.write_sidecars(
         admitted.sidecars, txt_line=txt_line, doc=doc, outputs=rule.settings.outputs

@@ -23,6 +23,7 @@ import structlog
 
 from daemon import __version__, sidecar
 from daemon.config import Config, load_config
+from daemon.dataset.keeper import ManifestKeeper
 from daemon.errors import ConfigError, PromptdError
 from daemon.pipeline.analyze.clip import ClipAnalyzer
 from daemon.service.gpulock import GpuLock
@@ -79,8 +80,11 @@ class Service:
         )
         self.producer = self._producer(config, local_worker)
         sink = self.queue if self.producer is None else self.producer.sink
-        self.intake = Intake(self.live, sink, self.tally)
-        self.worker = Worker(self.live, self.queue, self.tally)
+        self.manifests = ManifestKeeper(lambda: self.live.config, lambda: self.live.ctx.rules)
+        self.intake = Intake(self.live, sink, self.tally, self.manifests.note)
+        self.worker = Worker(
+            self.live, self.queue, self.tally, lambda r: self.manifests.note(r.path)
+        )
         self.health = HealthWatch(
             self.live, lambda: self.intake.request_scan(None, redo_degraded=True)
         )
@@ -105,6 +109,7 @@ class Service:
         self.notifier.ready()
         inboxes = [str(p) for p in self.live.config.inbox]
         log.info("service_ready", inbox=inboxes, version=__version__)
+        self.manifests.discover()  # folders that keep manifests: rebuilt by the first flush
         self._main_loop()
         return self._shutdown()
 
@@ -190,6 +195,7 @@ class Service:
             self.worker.thread.join(max(0.0, deadline - time.monotonic()))
             if self.worker.thread.is_alive():
                 log.warning("stop_timeout", seconds=timeout)
+        self.manifests.flush_all()
         self._write_state()
         log.info("stopped", **dict(self.tally.outcomes))
         return 0
@@ -232,6 +238,7 @@ class Service:
                 self.reload()
             if ping and self.healthy():
                 self.notifier.watchdog()
+            self.manifests.flush_due()
             self._write_state()
             self.notifier.status(self.tally.status_line(len(self.queue)))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -40,10 +41,17 @@ class PathSink(Protocol):
 class Intake:
     """Owns the watcher and the scanner thread; both put paths into ``jobs``."""
 
-    def __init__(self, live: Live, jobs: PathSink, tally: Tally) -> None:
+    def __init__(
+        self,
+        live: Live,
+        jobs: PathSink,
+        tally: Tally,
+        on_change: Callable[[Path], None] | None = None,
+    ) -> None:
         self._live = live
         self._jobs = jobs
         self._tally = tally
+        self._on_change = on_change or (lambda path: None)  # an image moved or was deleted
         self._requests: queue.Queue[tuple[Path | None, bool]] = queue.Queue()
         self.watcher: Watcher | None = None
         self.thread = threading.Thread(target=self._scan_loop, name="promptd-scan", daemon=True)
@@ -89,11 +97,13 @@ class Intake:
     def _on_removed(self, path: Path) -> None:
         if is_candidate(path, self._live.config):
             follow.remove_for(path)
+            self._on_change(path)
 
     def _on_moved(self, src: Path, dest: Path) -> None:
         config, rules = self._live.config, self._live.ctx.rules
         if not is_candidate(src, config):
             return
+        self._on_change(src)
         if rules.root_of(dest) is None or not is_candidate(dest, config):
             follow.remove_for(src)
             return

@@ -8,6 +8,7 @@ result is counted; a transient failure goes back to the queue on its retry sched
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,10 +26,17 @@ log = structlog.get_logger("promptd.service")
 class Worker:
     """Runs the pipeline over what the queue hands out until the queue stops."""
 
-    def __init__(self, live: Live, queue: JobQueue, tally: Tally) -> None:
+    def __init__(
+        self,
+        live: Live,
+        queue: JobQueue,
+        tally: Tally,
+        on_result: Callable[[Result], None] | None = None,
+    ) -> None:
         self._live = live
         self._queue = queue
         self._tally = tally
+        self._on_result = on_result  # e.g. the manifest keeper
         self._attempts: dict[Path, int] = {}
         self.thread = threading.Thread(target=self._run, name="promptd-worker", daemon=True)
 
@@ -68,6 +76,8 @@ class Worker:
     def _record(self, result: Result) -> None:
         path = result.path
         self._tally.record(result)
+        if self._on_result is not None:
+            self._on_result(result)
         if result.outcome == "degraded":
             self._live.degraded_seen.set()
         if result.outcome == "retry":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
@@ -77,6 +77,13 @@ def _stats(stats: ImageStats) -> dict[str, Any]:
     }
 
 
+def _training(
+    clip: str | None, mode_prompt: str, tags: Sequence[str], hint: bool
+) -> dict[str, Any]:
+    """The fields a training set reads beside the caption, in the order they are written."""
+    return {"clip_prompt": clip, "mode_prompt": mode_prompt, "tags": list(tags), "hint_used": hint}
+
+
 def _image(
     name: str, sha256: str | None, st: tuple[int, int], decoded: LoadedImage | None
 ) -> dict[str, Any]:
@@ -99,6 +106,7 @@ def _document(
     requested_mode: str,
     prompt: str,
     negative_prompt: str,
+    training: dict[str, Any],
     analysis: Analysis | None,
     stats: ImageStats | None,
     context: Mapping[str, Any] | None,
@@ -121,6 +129,7 @@ def _document(
         "requested_mode": requested_mode,
         "prompt": prompt,
         "negative_prompt": negative_prompt,
+        **training,
         "analysis": _analysis(analysis),
         "stats": _stats(stats) if stats else None,
         "context": _plain(context) if context else None,
@@ -156,6 +165,9 @@ def build_sidecar(
     clip_model: str | None = None,
     timings_ms: Mapping[str, float] | None = None,
     created_at: datetime | None = None,
+    clip_prompt: str | None = None,
+    tags: Sequence[str] = (),
+    hint_used: bool = False,
 ) -> dict[str, Any]:
     """The record of a prompt: ``degraded`` when a fallback produced it, else ``ok``.
 
@@ -164,7 +176,10 @@ def build_sidecar(
     given, must be that same line), ``txt_kept`` says a caption promptd did not write was kept.
     ``negative_prompt`` defaults to the composition's; ``degraded_reason`` to the
     composition's, and ``status`` follows from it (given, it must agree). ``analysis`` is None
-    or empty when CLIP was unavailable. Inconsistent arguments raise ValueError.
+    or empty when CLIP was unavailable. ``clip_prompt`` (the CLIP-Interrogator-style prompt,
+    when the rule asked for it), ``tags`` and ``hint_used`` are recorded as given; the
+    composition's own prompt is recorded as ``mode_prompt``. Inconsistent arguments raise
+    ValueError.
     """
     check_txt_line(prompt)
     if txt_line is not None and txt_line != prompt:
@@ -184,6 +199,7 @@ def build_sidecar(
         negative_prompt=(
             composition.negative_prompt if negative_prompt is None else negative_prompt
         ),
+        training=_training(clip_prompt, composition.prompt, tags, hint_used),
         analysis=analysis,
         stats=image.stats,
         context=composition.context,
@@ -233,6 +249,7 @@ def build_error_sidecar(
         requested_mode=rule.settings.mode,
         prompt="",
         negative_prompt="",
+        training=_training(None, "", (), False),
         analysis=analysis,
         stats=None,
         context=None,

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from daemon.fs.names import MANIFEST_FILES
+
 Naming = Literal["stem", "filename"]
 
 
@@ -66,7 +68,7 @@ def sidecar_names(
     ``stem``: photo.jpg -> photo.txt; ``filename``: photo.jpg -> photo.jpg.txt. Sidecars are
     never shared: an image uses the filename form when another image in the folder has the
     same stem (a.png + a.jpg) or is named like its stem (a.jpg + a.jpg.png), whatever order
-    they arrive in. Stems and extensions are compared case-insensitively, so folders on
+    they arrive in, or when the stem form would take a manifest's name (metadata_kohya.png). Stems and extensions are compared case-insensitively, so folders on
     case-insensitive filesystems are safe too. Pass a ``FolderIndex`` (``index_folder``)
     when asking for many images of one folder.
     """
@@ -83,7 +85,7 @@ def sidecar_names(
         own = image_name in index.names and ext.casefold() in index.extensions
         same_stem = index.stems[key] - own
         named_like_stem = index.whole[key] - (own and image_name.casefold() == key)
-        if same_stem > 0 or named_like_stem > 0:
+        if same_stem > 0 or named_like_stem > 0 or f"{stem}.json" in MANIFEST_FILES:
             stem = image_name
     return f"{stem}.txt", f"{stem}.json"
 

@@ -23,33 +23,28 @@ from PIL import Image
 
 from daemon.config import ClipSettings
 from daemon.errors import ConfigError
-from daemon.pipeline.analyze.cache import (
-    cache_key,
-    load_embeddings,
-    model_identity,
-    save_embeddings,
-)
+from daemon.pipeline.analyze.cache import model_identity
+from daemon.pipeline.analyze.edges import MAX_ASPECT, clip_input, top_labels
+from daemon.pipeline.analyze.interrogate import Interrogator
 from daemon.pipeline.analyze.labels import LabelTables, label_tables
 from daemon.pipeline.analyze.loading import (
     ClipUnavailableError,
     dimensions,
     features,
     load_model,
-    load_tokenizer,
     move_to,
     resolve_device,
 )
-from daemon.records import Analysis, Scored
+from daemon.pipeline.analyze.textenc import cached_tables, encode_texts, normalized
+from daemon.pipeline.analyze.tokens import Tokens
+from daemon.records import Analysis, Analyzed
 
 if TYPE_CHECKING:
     from transformers import CLIPModel, PreTrainedTokenizerBase
 
-__all__ = ["ClipAnalyzer", "ClipUnavailableError", "clip_input", "top_labels"]
+__all__ = ["MAX_ASPECT", "ClipAnalyzer", "ClipUnavailableError", "clip_input", "top_labels"]
 
 log = structlog.get_logger(__name__)
-
-_TEXT_CHUNK = 256  # labels per text-encoder pass when (re)building the cache
-MAX_ASPECT = 8  # longer images are trimmed to their middle before preprocessing
 
 
 @dataclass(frozen=True)
@@ -62,36 +57,6 @@ class _Loaded:
     dtype: torch.dtype
     text: Mapping[str, torch.Tensor]  # table -> normalised float32 label embeddings, on device
     logit_scale: float
-
-
-def top_labels(labels: Sequence[str], probs: Sequence[float], k: int) -> tuple[Scored, ...]:
-    """The ``k`` most probable labels, best first (ties keep table order), scores to 4 places."""
-    order = sorted(range(len(labels)), key=lambda i: -probs[i])[:k]
-    return tuple(Scored(labels[i], round(float(probs[i]), 4)) for i in order)
-
-
-def clip_input(image: Image.Image, max_ratio: int = MAX_ASPECT) -> Image.Image:
-    """The image as RGB; of an extreme panorama only the middle, ``max_ratio`` times as long as wide.
-
-    CLIP's preprocessing scales the short side to the model's size and keeps the centre square,
-    so trimming the far ends changes nothing it sees, but stops a 2x100000 image from being
-    resized to a multi-gigabyte array first.
-    """
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    width, height = rgb.size
-    keep = min(width, height) * max_ratio
-    if width > keep:
-        left = (width - keep) // 2
-        return rgb.crop((left, 0, left + keep, height))
-    if height > keep:
-        top = (height - keep) // 2
-        return rgb.crop((0, top, width, top + keep))
-    return rgb
-
-
-def _normalized(embeddings: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit length, in float32."""
-    return torch.nn.functional.normalize(embeddings.float(), dim=-1)
 
 
 class ClipAnalyzer:
@@ -113,9 +78,9 @@ class ClipAnalyzer:
         self._tables: LabelTables = label_tables(settings.labels)
         self._lock = threading.RLock()
         self._state: _Loaded | None = None
-        self._tokenizer: PreTrainedTokenizerBase | None = None
-        self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to share
-        self.text_embeddings_computed = 0  # label sets encoded by the model, not read from cache
+        self._tokens = Tokens(settings)
+        self.text_embeddings_computed = 0  # text sets encoded by the model, not read from cache
+        self._interrogator: tuple[_Loaded, Interrogator] | None = None
 
     @property
     def model_id(self) -> str:
@@ -151,6 +116,7 @@ class ClipAnalyzer:
         """Drop the model and free its memory; the next analyze() loads it again."""
         with self._lock:
             state, self._state = self._state, None
+            self._interrogator = None
         if state is not None:
             on_cuda = state.device.startswith("cuda")
             del state
@@ -159,46 +125,82 @@ class ClipAnalyzer:
                 torch.cuda.empty_cache()
             log.info("clip_released", model=self.model_id)
 
+    @property
+    def settings(self) -> ClipSettings:
+        """The ``clip`` section this analyzer was built from."""
+        return self._settings
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where text embeddings are cached."""
+        return self._cache_dir
+
     def count_tokens(self, text: str) -> int:
         """CLIP tokens in ``text`` without the start/end markers (needs only the tokenizer)."""
-        tokenizer = self._ensure_tokenizer()
-        with self._tokenizer_lock:
-            return len(tokenizer.tokenize(text))
+        return self._tokens.count(text)
+
+    def token_ids(self, texts: Sequence[str], *, markers: bool = False) -> list[list[int]]:
+        """Each text's token ids, with the start and end markers or without (the tokenizer only)."""
+        return self._tokens.ids(texts, markers=markers)
 
     def analyze(self, images: Sequence[Image.Image]) -> list[Analysis]:
         """Per image, each table's top ``clip.labels.top_k`` labels with softmax scores."""
+        return [seen.analysis for seen in self.analyze_embedded(images)]
+
+    def analyze_embedded(self, images: Sequence[Image.Image]) -> list[Analyzed]:
+        """``analyze``, each analysis with the image embedding it came from (no extra work)."""
         if not images:
             return []
         state = self._ensure_loaded()
         top_k = self._settings.labels.top_k
         size = self._settings.batch_size
-        results: list[Analysis] = []
+        results: list[Analyzed] = []
         for start in range(0, len(images), size):
             chunk = [clip_input(img) for img in images[start : start + size]]
             pixels = state.processor(images=chunk, return_tensors="pt")["pixel_values"]
-            probs = {name: p.tolist() for name, p in self._score(state, pixels).items()}
+            scores, embeddings = self._score(state, pixels)
+            probs = {name: p.tolist() for name, p in scores.items()}
             for row in range(len(chunk)):
-                results.append(
-                    {
-                        name: top_labels(labels, probs[name][row], top_k)
-                        for name, labels in self._tables.items()
-                    }
-                )
+                analysis = {
+                    name: top_labels(labels, probs[name][row], top_k)
+                    for name, labels in self._tables.items()
+                }
+                results.append(Analyzed(analysis, embeddings[row]))
         return results
+
+    @property
+    def interrogator(self) -> Interrogator | None:
+        """The clip_prompt builder of the loaded model, once one was asked for."""
+        held = self._interrogator
+        return held[1] if held is not None else None
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Normalised float32 CPU text embeddings, one row per text (the GPU lock per chunk)."""
+        state = self._ensure_loaded()
+        return encode_texts(
+            state.model,
+            self._tokens.tokenizer(),
+            texts,
+            state.device,
+            tokenizer_lock=self._tokens.lock,
+            gpu=self.gpu,
+        )
+
+    def clip_prompt(self, caption: str, embedding: torch.Tensor) -> str:
+        """The CLIP-Interrogator-style prompt for an image (see ``interrogate``)."""
+        state = self._ensure_loaded()
+        with self._lock:
+            held = self._interrogator
+            if held is None or held[0] is not state:
+                held = (state, Interrogator(self, state.model, state.dtype))
+                self._interrogator = held
+        return held[1].prompt(caption, embedding)
 
     # --- loading ---------------------------------------------------------------------------
 
-    def _gpu(self) -> contextlib.AbstractContextManager[object]:
+    def gpu(self) -> contextlib.AbstractContextManager[object]:
+        """The GPU lock shared with Ollama (a no-op without one), for every forward pass."""
         return self._gpu_lock if self._gpu_lock is not None else contextlib.nullcontext()
-
-    def _ensure_tokenizer(self) -> PreTrainedTokenizerBase:
-        tokenizer = self._tokenizer
-        if tokenizer is not None:
-            return tokenizer
-        with self._lock:
-            if self._tokenizer is None:
-                self._tokenizer = load_tokenizer(self._settings)
-            return self._tokenizer
 
     def _ensure_loaded(self) -> _Loaded:
         state = self._state
@@ -214,8 +216,8 @@ class ClipAnalyzer:
         device = resolve_device(self._settings.device, torch.cuda.is_available())
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         model, processor = load_model(self._settings, dtype)
-        tokenizer = self._ensure_tokenizer()
-        with self._gpu():
+        tokenizer = self._tokens.tokenizer()
+        with self.gpu():
             move_to(model, device, dtype)
             text = self._label_embeddings(model, tokenizer, device, dtype)
         log.info(
@@ -233,61 +235,41 @@ class ClipAnalyzer:
         self, model: CLIPModel, tokenizer: PreTrainedTokenizerBase, device: str, dtype: torch.dtype
     ) -> dict[str, torch.Tensor]:
         """The tables' normalised text embeddings: from the cache, or encoded and cached."""
-        identity = model_identity(self._settings.model, getattr(model.config, "_commit_hash", None))
-        key = cache_key(identity, self._tables, str(dtype).removeprefix("torch."))
-        embeddings = load_embeddings(self._cache_dir, key, self._tables)
-        if embeddings is None:
-            embeddings = {
-                name: self._encode_labels(model, tokenizer, labels, device)
-                for name, labels in self._tables.items()
-            }
-            self.text_embeddings_computed += 1
-            save_embeddings(self._cache_dir, key, identity, self._tables, embeddings)
-            log.info("clip_label_embeddings_computed", tables=len(embeddings), key=key[:12])
+
+        def encode(labels: Sequence[str]) -> torch.Tensor:
+            return encode_texts(model, tokenizer, labels, device, tokenizer_lock=self._tokens.lock)
+
+        embeddings, computed = cached_tables(
+            self._cache_dir, self.identity(model), self._tables, dtype, encode
+        )
+        self.text_embeddings_computed += computed
         return {name: matrix.to(device, torch.float32) for name, matrix in embeddings.items()}
 
-    def _encode_labels(
-        self,
-        model: CLIPModel,
-        tokenizer: PreTrainedTokenizerBase,
-        labels: Sequence[str],
-        device: str,
-    ) -> torch.Tensor:
-        width, max_length = dimensions(model)
-        parts = []
-        for start in range(0, len(labels), _TEXT_CHUNK):
-            with self._tokenizer_lock:
-                tokens = tokenizer(
-                    list(labels[start : start + _TEXT_CHUNK]),
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
-            with torch.inference_mode():
-                output = model.get_text_features(
-                    input_ids=tokens["input_ids"].to(device),
-                    attention_mask=tokens["attention_mask"].to(device),
-                )
-                parts.append(_normalized(features(output, width)).cpu())
-        return torch.cat(parts)
+    def identity(self, model: CLIPModel | None = None) -> str:
+        """What makes this model's text embeddings differ from another's (the cache key)."""
+        model = model if model is not None else self._ensure_loaded().model
+        return model_identity(self._settings.model, getattr(model.config, "_commit_hash", None))
 
     # --- scoring ---------------------------------------------------------------------------
 
-    def _score(self, state: _Loaded, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One vision forward for the chunk; per table, softmax probabilities on the CPU."""
+    def _score(
+        self, state: _Loaded, pixels: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One vision forward for the chunk: per table, softmax probabilities on the CPU, and
+        the normalised image embeddings (CPU, float32)."""
         width = dimensions(state.model)[0]
-        with self._gpu():
+        with self.gpu():
             try:
                 with torch.inference_mode():
                     output = state.model.get_image_features(
                         pixel_values=pixels.to(state.device, state.dtype)
                     )
-                    image = _normalized(features(output, width))
-                    return {
+                    image = normalized(features(output, width))
+                    scores = {
                         name: (state.logit_scale * image @ text.T).softmax(dim=-1).cpu()
                         for name, text in state.text.items()
                     }
+                    return scores, image.cpu()
             except torch.cuda.OutOfMemoryError as exc:
                 raise ClipUnavailableError(
                     "CLIP ran out of GPU memory: lower clip.batch_size or set clip.device to cpu"
