@@ -16,6 +16,7 @@ BENCHES: dict[str, str] = {
     "distributed": "bench.distributed_bench",  # 1, 2, 4 workers through Redis; broker's cost
     "api": "bench.api_bench",  # POST /api/images/analyze vs the pipeline, idle and with a backlog
     "training": "bench.training_bench",  # clip_prompt vs the plain CLIP stage; manifest rebuilds
+    "hostile": "bench.hostile_bench",  # each class of hostile input vs a plain image: time, RSS
 }
 
 

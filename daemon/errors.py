@@ -58,3 +58,9 @@ class ImageError(PromptdError):
     """This file cannot be processed (empty, truncated, not an image, too large)."""
 
     kind = "image"
+
+
+class QuarantinedError(ImageError):
+    """promptd crashed or hung twice while this file was in hand; it waits until it changes."""
+
+    kind = "quarantined"

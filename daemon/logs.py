@@ -8,6 +8,8 @@ from typing import Literal, TextIO
 
 import structlog
 
+from daemon.clean import visible
+
 Format = Literal["auto", "json", "console"]
 
 
@@ -25,8 +27,9 @@ def configure_logging(
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer(colors=stream.isatty())
         if use_console
-        else structlog.processors.JSONRenderer()
+        else structlog.processors.JSONRenderer()  # JSON escapes every control itself
     )
+    escape = [_escape_hidden] if use_console else []
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -34,6 +37,7 @@ def configure_logging(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                *escape,
                 renderer,
             ],
         )
@@ -53,3 +57,14 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+def _escape_hidden(
+    logger: object, method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """On a console, a value holding ESC or a bidi override (a hostile file name) is shown
+    escaped, so it cannot move the cursor or reorder the line."""
+    return {
+        key: visible(value) if isinstance(value, str) and key != "exception" else value
+        for key, value in event_dict.items()
+    }

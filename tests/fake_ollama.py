@@ -15,7 +15,13 @@ at a chosen image.
 Fault switches are plain attributes, safe to change while it runs: `delay_s`, `missing`,
 `busy_count`, `drop_count`, `error_mid_stream`, `truncate`, `reply_override`, `replies`;
 `down()` closes the listening socket and every open connection, `up()` listens again on the
-same port. Busy, drop, delay and the answer switches apply to the model endpoints (chat and
+same port. Hostile switches (a server or model that misbehaves): `hostile_text` (escape
+sequences, controls, bidi and zero-width characters, <think> blocks and code fences in every
+string of a schema-valid answer), `huge_answer_bytes` (a schema-valid answer of that size,
+`num_predict` ignored), `endless` (a streamed answer that never ends until the client stops
+reading), `one_line` (the whole answer in one NDJSON line), `ignore_schema` (valid JSON that
+ignores the schema), `trickle_s` (a pause before each streamed line); `streamed_bytes` counts
+the answer bytes a client let it send. Busy, drop, delay and the answer switches apply to the model endpoints (chat and
 generate) only, as in the real server, where the scheduler and the runner live.
 """
 
@@ -41,11 +47,14 @@ from tests.fake_ollama_wire import (
     RequestProblem,
     check_options,
     go_b64decode,
+    hostile_instance,
     instance_from_schema,
     keep_alive_seconds,
     last_user_text,
+    padded_instance,
     parse_body,
     request_words,
+    schema_ignoring_answer,
     token_count,
 )
 
@@ -184,6 +193,14 @@ class FakeOllama:
         self.truncate = 0
         self.reply_override: str | None = None
         self.replies: deque[str] = deque()
+        # hostile switches
+        self.hostile_text = False
+        self.huge_answer_bytes = 0
+        self.endless = False
+        self.one_line = False
+        self.ignore_schema = False
+        self.trickle_s = 0.0
+        self.streamed_bytes = 0
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._connections: set[socket.socket] = set()
@@ -423,8 +440,27 @@ class FakeOllama:
             if self.error_mid_stream:
                 raise RequestProblem(500, self.error_mid_stream)
             _send_json(h, 200, reply.whole())
+        elif self.endless:
+            self._count_stream(h, _endless_chunks(reply, self._closing))
+        elif self.one_line:
+            self._count_stream(h, [reply.whole()])
         else:
-            _send_stream(h, reply.chunks(self.error_mid_stream))
+            self._count_stream(h, reply.chunks(self.error_mid_stream))
+
+    def _count_stream(self, h: _Handler, lines: Iterable[dict[str, Any]]) -> None:
+        """Stream `lines`, counting the answer bytes that get out before the client stops."""
+
+        def counted() -> Iterator[dict[str, Any]]:
+            for line in lines:
+                if self.trickle_s > 0:
+                    self._closing.wait(self.trickle_s)
+                yield line
+                content = line.get("message", {}).get("content") or line.get("response") or ""
+                with self._lock:
+                    self.streamed_bytes += len(content.encode("utf-8", "surrogatepass"))
+
+        with contextlib.suppress(OSError):  # the client stopped reading: what endless awaits
+            _send_stream(h, counted())
 
     def _load(self, h: _Handler, name: str, keep_alive: float, *, chat: bool) -> None:
         if keep_alive == 0:
@@ -446,6 +482,9 @@ class FakeOllama:
         with self._lock:
             scripted = self.replies.popleft() if self.replies else self.reply_override
         words = request_words(asked)
+        hostile = self._hostile_answer(format_, words) if scripted is None else None
+        if hostile is not None:
+            return hostile, "stop"  # a misbehaving server: num_predict is not honoured
         if scripted is not None:
             text = scripted
         elif isinstance(format_, dict):
@@ -462,6 +501,32 @@ class FakeOllama:
         if isinstance(limit, int) and limit > 0 and token_count(text) > limit:
             return text[: limit * 4], "length"
         return text, "stop"
+
+    def _hostile_answer(self, format_: Any, words: list[str]) -> str | None:
+        """The answer the hostile switches ask for, or None when none is on."""
+        if not isinstance(format_, dict):
+            return None
+        if self.ignore_schema:
+            return json.dumps(schema_ignoring_answer(words))
+        if not (self.hostile_text or self.huge_answer_bytes):
+            return None
+        value = instance_from_schema(format_, words)
+        if self.hostile_text:
+            value = hostile_instance(value)
+        if self.huge_answer_bytes:
+            value = padded_instance(value, self.huge_answer_bytes)
+        return json.dumps(value, ensure_ascii=False)
+
+
+def _endless_chunks(reply: _Reply, closing: threading.Event) -> Iterator[dict[str, Any]]:
+    """A streamed answer that opens a JSON object and never finishes it (nor ever says done);
+    it stops only when the client stops reading (or the server stops, or 1 GB is out)."""
+    head = {"model": reply.model, "created_at": _now()}
+    yield {**head, **reply._piece('{"prompt": "'), "done": False}
+    for _ in range(1 << 24):
+        if closing.is_set():
+            return
+        yield {**head, **reply._piece("and more words, " * 4), "done": False}
 
 
 @dataclass(frozen=True)

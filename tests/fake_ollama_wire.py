@@ -219,6 +219,49 @@ class _Filler:
         return text[: node.get("maxLength", len(text))]
 
 
+HOSTILE_TEXT = (
+    "\x1b[31m{text}\x1b[0m\x00\x07\r\n\u202e{backwards}\u202c zero\u200bwidth\ufeff"
+    " <think>hidden reasoning</think> ```fenced``` \x1b]0;title\x07"
+)
+
+
+def hostile_instance(value: Any) -> Any:
+    """`value` (a schema instance) with every string wrapped in escape sequences, controls,
+    a right-to-left override, zero-width characters, a <think> block and a code fence."""
+    if isinstance(value, str):
+        return HOSTILE_TEXT.format(text=value, backwards=value[::-1])
+    if isinstance(value, list):
+        return [hostile_instance(item) for item in value]
+    if isinstance(value, dict):
+        return {key: hostile_instance(item) for key, item in value.items()}
+    return value
+
+
+def padded_instance(value: Any, size: int) -> Any:
+    """`value` with its prompt field (or first string) padded to about `size` bytes of
+    comma-separated phrases: a model that ignores num_predict."""
+    if not isinstance(value, dict):
+        return value
+    key = next((k for k in value if "prompt" in k and "negative" not in k), None)
+    key = key or next((k for k, v in value.items() if isinstance(v, str)), None)
+    if key is None:
+        return value
+    phrases = [str(value[key])]
+    total = len(phrases[0])
+    index = 0
+    while total < size:
+        phrase = f"endless phrase {index}"
+        phrases.append(phrase)
+        total += len(phrase) + 2
+        index += 1
+    return {**value, key: ", ".join(phrases)}
+
+
+def schema_ignoring_answer(words: list[str]) -> dict[str, Any]:
+    """Valid JSON that ignores the requested schema (none of its fields, other types)."""
+    return {"description": " ".join(words[:6]) or "an image", "tags": words[:3], "score": 7}
+
+
 def token_count(text: str) -> int:
     """About one token per four characters, as the fake counts them."""
     return (len(text) + 3) // 4

@@ -113,12 +113,19 @@ class Intake:
         return folder
 
     def wait_done(self, images: list[Path], status: str = "ok") -> None:
-        """Wait until every image has a sidecar with ``status``."""
+        """Wait until every image has a sidecar with ``status`` and its result line is logged.
+
+        The sidecars of a batch are written before its result lines, so waiting on the files
+        alone races the log."""
         wait_until(
-            lambda: all_have_status(images, status) or self._alive(),
+            lambda: (all_have_status(images, status) and self._all_logged(images)) or self._alive(),
             DONE_S,
             f"{len(images)} images to be {status}",
         )
+
+    def _all_logged(self, images: list[Path]) -> bool:
+        counts = self.daemon.results_per_path()
+        return all(counts[str(p)] for p in images)
 
     def _alive(self) -> bool:
         assert self.daemon.alive(), self.daemon.tail()

@@ -232,7 +232,8 @@ def test_image_that_killed_two_worker_processes_is_quarantined(cluster: Cluster)
     wait_until(lambda: (sidecar_doc(images[1]) or {}).get("status") == "error", 120, "quarantine")
 
     doc = sidecar_doc(images[1])
-    assert doc is not None and "quarantined" in doc["error"]["message"]
+    assert doc is not None and doc["error"]["kind"] == "quarantined"
+    assert "2 worker processes died" in doc["error"]["message"]
     assert not txt_path(images[1]).exists()
     assert len(kills) == 2
     assert w1.events("worker_process_died")

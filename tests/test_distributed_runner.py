@@ -252,7 +252,8 @@ def test_runner_with_image_two_workers_died_on_quarantines_it(
     assert outcome.result is not None and outcome.result.outcome == "error"
     doc = sidecar_doc(image)
     assert doc is not None and validate_sidecar(doc) == []
-    assert doc["status"] == "error" and "quarantined" in doc["error"]["message"]
+    assert doc["status"] == "error" and doc["error"]["kind"] == "quarantined"
+    assert "worker processes died" in doc["error"]["message"]
     assert not txt_path(image).exists()
     assert fake_ollama.calls == []
     assert runner.coord.crashes(key) == 0

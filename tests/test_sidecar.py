@@ -44,7 +44,7 @@ from daemon.sidecar import (
     write_atomic,
     write_sidecars,
 )
-from daemon.sidecar.document import sidecar_schema
+from daemon.sidecar.schema import sidecar_schema
 
 EXTS = (".jpg", ".jpeg", ".png", ".webp")
 LINE = "sks person, portrait of a woman, soft light, film grain"

@@ -18,6 +18,7 @@ MAX_TOP_LEVEL = 12
 # doctor) are the top and may import anything.
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "daemon.errors": ("daemon.",),
+    "daemon.clean": ("daemon.",),
     "daemon.records": ("daemon.fs", "daemon.sidecar", "daemon.pipeline", "daemon.watch",
                        "daemon.service", "daemon.api", "daemon.distributed", "daemon.cli",
                        "daemon.dataset"),

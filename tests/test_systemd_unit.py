@@ -204,8 +204,8 @@ def test_unit_exec_start_runs_the_promptd_console_script(unit: Path) -> None:
 @pytest.mark.parametrize("command", ["run", "worker"])
 def test_promptd_run_accepts_the_units_arguments(command: str) -> None:
     """The installed console script has the units' subcommands, taking --config."""
-    if not (ROOT / "daemon" / "cli.py").exists():
-        pytest.skip("daemon/cli.py is not written yet")
+    if not (ROOT / "daemon" / "cli" / "__init__.py").exists():
+        pytest.skip("daemon/cli/ is not written yet")
     script = Path(sys.executable).parent / "promptd"
     if not script.exists():
         pytest.skip(f"the promptd console script is not installed next to {sys.executable}")
@@ -221,8 +221,8 @@ def test_promptd_run_accepts_the_units_arguments(command: str) -> None:
 @pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
 def test_unit_restart_prevent_status_is_the_cli_config_error_code(unit: Path) -> None:
     """RestartPreventExitStatus= is the code `promptd` exits with on a configuration problem."""
-    if not (ROOT / "daemon" / "cli.py").exists():
-        pytest.skip("daemon/cli.py is not written yet")
+    if not (ROOT / "daemon" / "cli" / "__init__.py").exists():
+        pytest.skip("daemon/cli/ is not written yet")
     from daemon.cli import EXIT_CONFIG
 
     assert values(unit, "RestartPreventExitStatus") == [str(EXIT_CONFIG)]

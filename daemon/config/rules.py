@@ -21,6 +21,7 @@ from daemon.config.load import DEEP_THINKING, without_invalid_deep_thinking
 from daemon.config.settings import Config, Mode, OllamaModels, RuleSettings
 from daemon.config.vocabulary import VOCABULARY_DEFAULTS
 from daemon.config.yamlfile import load_yaml, ordered, problem, summarise, validation_problems
+from daemon.config.yamlguard import RULE_FILE_LIMITS
 from daemon.errors import ConfigError, ImageError
 from daemon.fs.names import RULE_FILE, is_ignored_name
 from daemon.records import EffectiveRule
@@ -29,8 +30,12 @@ FINGERPRINT_VERSION = 1  # bump when a code change alters the output for the sam
 
 
 def parse_rule_file(path: Path) -> dict[str, Any]:
-    """The settings one rule file sets, validated on their own; ConfigError lists every problem."""
-    doc = load_yaml(path)
+    """The settings one rule file sets, validated on their own; ConfigError lists every problem.
+
+    The file is untrusted (anyone who can write to a shared inbox can write one): it is read
+    within ``RULE_FILE_LIMITS`` (64 KB, a few thousand values, 8 aliases, 20 levels).
+    """
+    doc = load_yaml(path, limits=RULE_FILE_LIMITS)
     data = {} if doc.data is None else doc.data
     if not isinstance(data, dict):
         message = f"expected a mapping of rule settings, got {type(data).__name__}"

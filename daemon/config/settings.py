@@ -177,6 +177,12 @@ class OllamaSettings(Frozen):
         default_factory=lambda: ModeNumbers(speed=400, quality=1200, vision=1200),
         description="Token budget per mode; large enough for the JSON around the prompt",
     )
+    max_answer_bytes: int = Field(
+        256 * 1024,
+        ge=4096,
+        description="Most bytes read of one answer (about 16 per num_predict token, up to this); "
+        "a longer one counts as cut off",
+    )
     temperature: ModeNumbers = Field(
         default_factory=lambda: ModeNumbers(speed=0.5, quality=0.7, vision=0.2),
         description="Sampling temperature per mode (seed 000: 0.5 / 0.7; seed 001: 0.2)",
@@ -226,6 +232,12 @@ class WatchSettings(Frozen):
     )
     manifest_interval_s: float = Field(
         3.0, ge=0.1, description="Least time between two rewrites of one folder's manifests"
+    )
+    stuck_after_s: float | None = Field(
+        None,
+        gt=0,
+        description="An image in hand longer than this means the worker is stuck: the systemd "
+        "watchdog ping stops; unset: derived from the Ollama timeouts and retries",
     )
 
 

@@ -2,7 +2,8 @@
 
 ``load_yaml`` parses like ``yaml.safe_load`` but also records the line of every mapping
 key and sequence item, so a pydantic ``ValidationError`` can be reported as
-``FILE:LINE: dotted.path: message``, every problem at once.
+``FILE:LINE: dotted.path: message``, every problem at once. The file is untrusted: its size,
+nesting, aliases and expanded size are bounded (``yamlguard``) before anything is built.
 """
 
 from __future__ import annotations
@@ -15,6 +16,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from daemon.config.yamlguard import (
+    CONFIG_LIMITS,
+    BoundedLoader,
+    YamlLimitError,
+    YamlLimits,
+    check_expansion,
+    check_size,
+    read_capped,
+)
 from daemon.errors import ConfigError
 
 Loc = tuple[str | int, ...]  # mapping keys as str, sequence indices as int
@@ -46,26 +56,40 @@ def problem(name: str, line: int | None, loc: Loc, message: str) -> str:
     return f"{where}: {dotted}: {message}" if dotted else f"{where}: {message}"
 
 
-def load_yaml(path: Path, name: str | None = None) -> YamlDocument:
-    """Read and parse ``path``; an unreadable file or a syntax error raises ConfigError."""
+def load_yaml(
+    path: Path, name: str | None = None, limits: YamlLimits = CONFIG_LIMITS
+) -> YamlDocument:
+    """Read and parse ``path`` within ``limits``; an unreadable, oversized or invalid file
+    raises ConfigError."""
     label = name if name is not None else str(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_capped(path, limits).decode("utf-8-sig")
+    except YamlLimitError as exc:
+        raise _limit_error(exc, label, path) from None
     except UnicodeDecodeError as exc:
         message = f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"
         raise ConfigError(message, path, (f"{label}: {message}",)) from exc
     except OSError as exc:
         message = f"cannot read the file: {exc.strerror or exc}"
         raise ConfigError(message, path, (f"{label}: {message}",)) from exc
-    return parse_yaml(text, label, path)
+    return parse_yaml(text, label, path, limits)
 
 
-def parse_yaml(text: str, name: str, path: Path | None = None) -> YamlDocument:
-    """Parse YAML text with safe_load semantics; a syntax error raises ConfigError with its line."""
-    loader = yaml.SafeLoader(text)
+def parse_yaml(
+    text: str, name: str, path: Path | None = None, limits: YamlLimits = CONFIG_LIMITS
+) -> YamlDocument:
+    """Parse YAML text with safe_load semantics within ``limits``; a syntax error or a limit
+    raises ConfigError with its line."""
+    loader: BoundedLoader | None = None
     try:
+        check_size(text, limits)
+        loader = BoundedLoader(text, limits)  # checks the characters: may raise ReaderError
         node = loader.get_single_node()
+        if node is not None:
+            check_expansion(node, limits)
         data = loader.construct_document(node) if node is not None else None
+    except YamlLimitError as exc:
+        raise _limit_error(exc, name, path) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -74,13 +98,23 @@ def parse_yaml(text: str, name: str, path: Path | None = None) -> YamlDocument:
         raise ConfigError(summarise(found, name), path, found) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML syntax error: {exc}", path, (f"{name}: {exc}",)) from exc
+    except (ArithmeticError, LookupError, ValueError, TypeError, AttributeError) as exc:
+        # PyYAML builds some hostile values with a plain Python error (`!!int ""`: IndexError)
+        message = f"a value cannot be read ({exc}); check the numbers and tags in the file"
+        raise ConfigError(message, path, (f"{name}: {message}",)) from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     lines: dict[Loc, int] = {}
     duplicates: list[str] = []
     if node is not None:
-        _walk(node, (), lines, duplicates, name)
+        _walk(node, (), lines, duplicates, name, set())
     return YamlDocument(name, data, lines, tuple(duplicates))
+
+
+def _limit_error(exc: YamlLimitError, name: str, path: Path | None) -> ConfigError:
+    found = (problem(name, exc.line, (), exc.message),)
+    return ConfigError(summarise(found, name), path, found)
 
 
 def validation_problems(
@@ -126,8 +160,19 @@ def _normalise(loc: Loc) -> Loc:
 
 
 def _walk(
-    node: yaml.Node, loc: Loc, lines: dict[Loc, int], duplicates: list[str], name: str
+    node: yaml.Node,
+    loc: Loc,
+    lines: dict[Loc, int],
+    duplicates: list[str],
+    name: str,
+    visited: set[int],
 ) -> None:
+    """Lines of every key and item, each node visited once: what an alias repeats is
+    located at the alias (its key or item), not walked again."""
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        if id(node) in visited:
+            return
+        visited.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -140,11 +185,11 @@ def _walk(
                 duplicates.append(problem(name, line, (*loc, key), message))
             seen[key] = line
             lines[(*loc, key)] = line
-            _walk(value_node, (*loc, key), lines, duplicates, name)
+            _walk(value_node, (*loc, key), lines, duplicates, name, visited)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             lines[(*loc, index)] = item.start_mark.line + 1
-            _walk(item, (*loc, index), lines, duplicates, name)
+            _walk(item, (*loc, index), lines, duplicates, name, visited)
 
 
 def _data_loc(data: Any, loc: Loc, missing: bool) -> Loc:

@@ -8,19 +8,21 @@ the service only wraps them in its worker.
 - ``load`` and ``stats``: read once, hash, decode under limits; model-free pixel statistics.
 - ``analyze/``: CLIP zero-shot against cached label embeddings, batched.
 - ``compose/``: the Ollama client, messages, answer schemas, text cleaning, modes, fallback.
-- ``write``: the .txt line fitted to the token budget, and the record, through ``daemon.sidecar``.
+- ``write``: the .txt line fitted to the token budget, and the record, through ``daemon.sidecar``
+  (``write_quarantined``: the record of an image promptd crashed on twice).
 - ``batch``: the drivers (``prepare_batch``, ``finish_batch``, ``process_batch``).
 - ``upload``: the same stages for an image that arrives as bytes (the HTTP API), in memory;
   ``keep``: saving an upload and its sidecars into ``api.save_to``.
 - ``context``: what the stages are handed; ``backends``: builds it with real CLIP and Ollama.
 
-May import: ``daemon.config``, ``daemon.records``, ``daemon.errors``, ``daemon.fs``,
-``daemon.sidecar``; never ``daemon.watch`` or ``daemon.service``.
+May import: ``daemon.config``, ``daemon.records``, ``daemon.errors``, ``daemon.clean``,
+``daemon.fs``, ``daemon.sidecar``; never ``daemon.watch`` or ``daemon.service``.
 """
 
 from daemon.pipeline.admit import Admitted, admit, discover, freshness_of, is_candidate
 from daemon.pipeline.batch import Prepared, finish_batch, log_result, prepare_batch, process_batch
 from daemon.pipeline.context import Analyzer, Context
+from daemon.pipeline.write import write_quarantined
 
 __all__ = [
     "Admitted",
@@ -35,4 +37,5 @@ __all__ = [
     "log_result",
     "prepare_batch",
     "process_batch",
+    "write_quarantined",
 ]

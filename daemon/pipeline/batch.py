@@ -137,12 +137,18 @@ def prepare_batch(
 
 
 def finish_batch(
-    prepared: Prepared, ctx: Context, *, should_write: Callable[[Path], bool] | None = None
+    prepared: Prepared,
+    ctx: Context,
+    *,
+    should_write: Callable[[Path], bool] | None = None,
+    on_image: Callable[[Path], None] | None = None,
 ) -> list[Result]:
     """CLIP over the batch at once, then compose and write each image; one log line each.
 
     ``should_write`` is asked just before an image's sidecars are written (a distributed
-    worker checks it still holds the image's lock); False skips the write.
+    worker checks it still holds the image's lock); False skips the write. ``on_image(path)``
+    is called as each image's compose begins (every image before it in the batch is finished
+    by then): the service's progress heartbeat.
     """
     results = dict(prepared.results)
     work = prepared.work
@@ -158,6 +164,8 @@ def finish_batch(
             s: Analyzed = seen,
             t: dict[str, float] = timings,
         ) -> Result:
+            if on_image is not None:
+                on_image(a.path)
             begun = time.perf_counter()
             composition = compose(img, s.analysis, a.rule, ctx)
             t["compose"] = elapsed_ms(begun)

@@ -1,6 +1,6 @@
 """The *write* stage: the .txt line (trigger words, prefix, prompt, suffix, fitted to the token
 budget) and the record, written through ``daemon.sidecar``; or the error record of an image
-that could not be used."""
+that could not be used, or of one that promptd crashed on (``write_quarantined``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from daemon import sidecar
-from daemon.errors import ImageError, PromptdError
+from daemon.errors import PromptdError, QuarantinedError
 from daemon.pipeline.admit import Admitted, admit
 from daemon.pipeline.compose.text import assemble_line
 from daemon.pipeline.context import Context
@@ -131,16 +131,18 @@ def write_error(admitted: Admitted, error: PromptdError, timings: dict[str, floa
 
 
 def write_quarantined(path: Path, ctx: Context, reason: str) -> Result:
-    """Set ``path`` aside with an error record saying why (it crashed its worker): no .txt.
+    """Record that ``path`` must not be tried again until it changes: its error record,
+    kind ``quarantined``, saying ``reason`` (e.g. promptd crashed twice while processing it).
 
-    The record is fresh while the file is unchanged, so the image is not tried again until
-    it is replaced or its .json is deleted.
+    The record's freshness (size, mtime, rule fingerprint) is what keeps it from being
+    retried; a changed file or rule makes it stale. When admit says no (the file is gone, a
+    symlink, held by a rule file), that result is returned and nothing is written. May raise
+    ``TransientError`` when the disk refuses.
     """
     admitted = admit(path, ctx, force=True)
     if isinstance(admitted, Result):
         return admitted
-    message = f"quarantined: {reason}; replace the image or delete this .json to try again"
-    return write_error(admitted, ImageError(message, path), {})
+    return write_error(admitted, QuarantinedError(reason, path), {})
 
 
 def elapsed_ms(started: float) -> float:

@@ -5,6 +5,8 @@
 - ``worker``: the worker thread: batches from the queue through the pipeline, decoded ahead.
 - ``intake``: the scanner thread and the watcher's callbacks: paths into the queue.
 - ``health``: brings degraded results back once Ollama answers again.
+- ``progress``: what the worker has in hand and since when (gates the watchdog ping);
+  ``quarantine``: images in hand during a crash, quarantined after two.
 - ``queue``: the bounded, de-duplicated job queue with retries; ``gpulock``: CLIP and Ollama
   take turns; ``tally``: counts; ``state``: the status file; ``sdnotify``: systemd's protocol.
 

@@ -3,9 +3,11 @@
 Threads: the watcher's (events -> settle -> queue) and the scanner (``intake``), one worker
 (``worker``: batches through the pipeline, the next decoded ahead), one health poller
 (``health``: degraded results redone once Ollama answers). The main thread handles signals
-and reloads, pings the systemd watchdog while the others are healthy, and keeps the status
-file current. The first SIGTERM stops intake and lets the image in hand finish; a second
-exits at once (sidecar writes are atomic either way).
+and reloads, pings the systemd watchdog while the others are healthy and the worker makes
+progress (nothing in hand longer than ``progress.time_limit``), and keeps the status file
+current. At start, images that were in hand during a crash are counted, and those in hand
+during two in a row are quarantined (``quarantine``). The first SIGTERM stops intake and
+lets the image in hand finish; a second exits at once (sidecar writes are atomic either way).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from daemon.service.gpulock import GpuLock
 from daemon.service.health import HealthWatch
 from daemon.service.intake import Intake
 from daemon.service.live import Live
+from daemon.service.progress import Heartbeat, StuckWatch, time_limit
+from daemon.service.quarantine import Quarantine, quarantine_crashed
 from daemon.service.queue import JobQueue, RetrySchedule
 from daemon.service.sdnotify import Notifier, watchdog_interval
 from daemon.service.state import service_state_path, write_state
@@ -82,9 +86,17 @@ class Service:
         sink = self.queue if self.producer is None else self.producer.sink
         self.manifests = ManifestKeeper(lambda: self.live.config, lambda: self.live.ctx.rules)
         self.intake = Intake(self.live, sink, self.tally, self.manifests.note)
+        self.heartbeat = Heartbeat()
+        self.quarantine = Quarantine(service_state_path(config).parent)
         self.worker = Worker(
-            self.live, self.queue, self.tally, lambda r: self.manifests.note(r.path)
+            self.live,
+            self.queue,
+            self.tally,
+            lambda r: self.manifests.note(r.path),
+            heartbeat=self.heartbeat,
+            quarantine=self.quarantine,
         )
+        self.stuck = StuckWatch(self.heartbeat)
         self.health = HealthWatch(
             self.live, lambda: self.intake.request_scan(None, redo_degraded=True)
         )
@@ -99,7 +111,10 @@ class Service:
             companion.start()
         self._prepare_inboxes()
         if self.producer is None:
-            self._warm_up()
+            quarantine_crashed(self.quarantine, self.live.ctx, self.tally.record)
+            self.notifier.status("loading models")
+            self.notifier.extend_timeout(600)
+            self.live.warm_up()
         else:
             self.producer.start()  # the workers run the models
         self.intake.restart_watcher()
@@ -158,29 +173,6 @@ class Service:
             if swept:
                 log.info("temp_files_swept", inbox=str(inbox), count=len(swept))
 
-    def _warm_up(self) -> None:
-        """Load the Ollama model first, then CLIP: Ollama falls back to CPU if VRAM is taken."""
-        self.notifier.status("loading models")
-        self.notifier.extend_timeout(600)
-        live = self.live
-        mode = live.config.defaults.mode
-        if mode != "clip":
-            model = getattr(live.config.ollama.models, mode)
-            try:
-                live.llm.preload(model)
-                live.ollama_up = True
-            except PromptdError as exc:
-                live.ollama_up = False
-                live.degraded_seen.set()  # the health thread watches for Ollama to come back
-                live.ctx.composer.mark_down(exc.message)
-                log.warning("ollama_unavailable", model=model, error=str(exc))
-        analyzer = live.ctx.analyzer
-        if isinstance(analyzer, ClipAnalyzer):
-            try:
-                analyzer.load()
-            except PromptdError as exc:
-                log.error("clip_unavailable", error=str(exc))
-
     def _shutdown(self) -> int:
         self.notifier.stopping()
         self.intake.stop_watcher()
@@ -194,7 +186,10 @@ class Service:
         else:
             self.worker.thread.join(max(0.0, deadline - time.monotonic()))
             if self.worker.thread.is_alive():
+                # Left listed in hand: an image that cannot finish in time is a crash suspect.
                 log.warning("stop_timeout", seconds=timeout)
+            else:
+                self.quarantine.clear()
         self.manifests.flush_all()
         self._write_state()
         log.info("stopped", **dict(self.tally.outcomes))
@@ -236,17 +231,26 @@ class Service:
             if self.reload_requested:
                 self.reload_requested = False
                 self.reload()
-            if ping and self.healthy():
+            limit = time_limit(self.live.config)
+            progressing = self.stuck.progressing(limit, watchdog=ping is not None)
+            if ping and progressing and self.healthy():
                 self.notifier.watchdog()
             self.manifests.flush_due()
             self._write_state()
             self.notifier.status(self.tally.status_line(len(self.queue)))
 
     def healthy(self) -> bool:
-        """The observers and every thread are alive (gates WATCHDOG=1)."""
+        """The observers and every thread are alive and nothing has been in hand too long
+        (gates WATCHDOG=1)."""
         threads = [t for t in self._threads() if t is not self.health.thread]
         producing = self.producer is None or self.producer.healthy()
-        return producing and self.intake.watcher_healthy() and all(t.is_alive() for t in threads)
+        stuck = self.heartbeat.stuck(time_limit(self.live.config))
+        return (
+            stuck is None
+            and producing
+            and self.intake.watcher_healthy()
+            and all(t.is_alive() for t in threads)
+        )
 
     def _write_state(self) -> None:
         state = self.tally.snapshot(

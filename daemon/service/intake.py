@@ -136,7 +136,9 @@ class Intake:
         roots = [folder] if folder is not None else list(live.config.inbox)
         found = 0
         for root in roots:
-            for path in pending_images(root, live.ctx, redo_degraded=redo_degraded):
+            for path in pending_images(
+                root, live.ctx, redo_degraded=redo_degraded, on_symlink=self._on_symlink
+            ):
                 if live.stop.is_set():
                     return
                 if self.watcher is not None and self._maybe_still_written(path):
@@ -152,6 +154,16 @@ class Intake:
             pending=found,
             ms=round((time.perf_counter() - started) * 1000),
         )
+
+    def _on_symlink(self, path: Path) -> None:
+        """A link found by a scan: never followed; said once per link per run."""
+        if self._tally.note_symlink(path):
+            log.warning(
+                "symlink_not_followed",
+                path=str(path),
+                hint="promptd never follows links (one could lead outside the inbox); "
+                "copy the images into the inbox instead",
+            )
 
     def _maybe_still_written(self, path: Path) -> bool:
         """Modified less than `watch.settle_s` ago: a scan must not read it half-written."""

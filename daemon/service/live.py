@@ -10,13 +10,18 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+import structlog
+
 from daemon.config import Config, cache_dir
+from daemon.errors import PromptdError
 from daemon.pipeline import Context
 from daemon.pipeline.analyze.clip import ClipAnalyzer
 from daemon.pipeline.backends import build_context
 from daemon.pipeline.compose.client import OllamaLLM
 from daemon.service.gpulock import GpuLock
 from daemon.service.state import OllamaState
+
+log = structlog.get_logger("promptd.service")
 
 
 @dataclass
@@ -45,3 +50,24 @@ class Live:
     def ollama_state(self) -> OllamaState:
         """``up``, ``down`` or ``unknown`` for the status file."""
         return "unknown" if self.ollama_up is None else ("up" if self.ollama_up else "down")
+
+    def warm_up(self) -> None:
+        """Load the Ollama model first, then CLIP: Ollama falls back to CPU if VRAM is taken.
+        A model that is not there is noted (degraded until it answers), not fatal."""
+        mode = self.config.defaults.mode
+        if mode != "clip":
+            model = getattr(self.config.ollama.models, mode)
+            try:
+                self.llm.preload(model)
+                self.ollama_up = True
+            except PromptdError as exc:
+                self.ollama_up = False
+                self.degraded_seen.set()  # the health thread watches for Ollama to come back
+                self.ctx.composer.mark_down(exc.message)
+                log.warning("ollama_unavailable", model=model, error=str(exc))
+        analyzer = self.ctx.analyzer
+        if isinstance(analyzer, ClipAnalyzer):
+            try:
+                analyzer.load()
+            except PromptdError as exc:
+                log.error("clip_unavailable", error=str(exc))

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
 
+from daemon.clean import visible
 from daemon.config import Config, cache_dir
 from daemon.errors import PromptdError, TransientError
 from daemon.fs.atomic import write_atomic
@@ -60,6 +61,7 @@ class ServiceState:
     failed: int = 0
     skipped: int = 0
     held_folders: tuple[HeldFolder, ...] = ()
+    symlinks: int = 0  # links found in the inboxes and not followed
     last_error: LastError | None = None
     ollama: OllamaState = "unknown"
     clip_device: str = "unknown"
@@ -86,7 +88,8 @@ def state_to_json(state: ServiceState) -> bytes:
     if state.last_error is not None:
         doc["last_error"]["at"] = _iso(state.last_error.at)
     return (
-        json.dumps({"schema": STATE_SCHEMA, **doc}, indent=2, ensure_ascii=False) + "\n"
+        # ASCII: a name that is not UTF-8 (a lone surrogate in Python) is kept as an escape.
+        json.dumps({"schema": STATE_SCHEMA, **doc}, indent=2, ensure_ascii=True) + "\n"
     ).encode()
 
 
@@ -110,6 +113,7 @@ def state_from_json(data: bytes, path: Path) -> ServiceState:
             held_folders=tuple(
                 HeldFolder(str(h["path"]), str(h["problem"])) for h in doc.get("held_folders", ())
             ),
+            symlinks=int(doc.get("symlinks", 0)),
             last_error=None
             if last is None
             else LastError(str(last["path"]), str(last["message"]), _parse_time(last["at"])),
@@ -210,7 +214,7 @@ def format_status(
                 f"Warning: the status has not been updated for {format_duration(age)}; "
                 "the service may be stuck (or the pid now belongs to another program)."
             )
-    return "\n".join(head + _details(state)) + "\n"
+    return "\n".join(visible(line) for line in head + _details(state)) + "\n"
 
 
 def _details(state: ServiceState) -> list[str]:
@@ -234,6 +238,11 @@ def _details(state: ServiceState) -> list[str]:
         lines += [f"    {h.path}: {h.problem}" for h in state.held_folders]
     else:
         lines.append("  held folders: none")
+    if state.symlinks:
+        lines.append(
+            f"  symlinks:     {state.symlinks} not followed (promptd never follows links; "
+            "copy the images into the inbox; each is named once in the log)"
+        )
     if state.last_error is None:
         lines.append("  last error:   none")
     else:

@@ -1,4 +1,5 @@
-"""What the service has done since it started: counts, held folders, the last error.
+"""What the service has done since it started: counts, held folders, the last error, links
+not followed.
 
 Pure bookkeeping (no threads, no I/O): the worker records each result here, the main loop
 turns the tally into the STATUS= line and the status file that `promptd status` reads.
@@ -16,6 +17,8 @@ from daemon import __version__
 from daemon.records import Result
 from daemon.service.state import HeldFolder, LastError, OllamaState, ServiceState
 
+MAX_LINKS_REMEMBERED = 10_000  # past this, links are counted but no longer told apart
+
 
 @dataclass
 class Tally:
@@ -25,6 +28,24 @@ class Tally:
     outcomes: Counter[str] = field(default_factory=Counter)
     held: dict[str, str] = field(default_factory=dict)  # folder -> problem
     last_error: LastError | None = None
+    links: set[str] = field(default_factory=set)  # symlinks seen and not followed
+    more_links: int = 0  # seen once the set was full (may include repeats)
+
+    def note_symlink(self, path: Path) -> bool:
+        """A symlink was found and not followed; True the first time this run (log it then)."""
+        key = str(path)
+        if key in self.links:
+            return False
+        if len(self.links) >= MAX_LINKS_REMEMBERED:
+            self.more_links += 1
+            return False
+        self.links.add(key)
+        return True
+
+    @property
+    def symlinks(self) -> int:
+        """Links not followed, each counted once (about, past MAX_LINKS_REMEMBERED)."""
+        return len(self.links) + self.more_links
 
     def record(self, result: Result, now: datetime | None = None) -> None:
         """Count one result; remember a held folder or the failure it reports."""
@@ -67,6 +88,7 @@ class Tally:
             failed=self.failed,
             skipped=self.outcomes["skipped"],
             held_folders=tuple(HeldFolder(k, v) for k, v in self.held.items()),
+            symlinks=self.symlinks,
             last_error=self.last_error,
             ollama=ollama,
             clip_device=clip_device,

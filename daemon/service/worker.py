@@ -3,11 +3,18 @@
 While one batch is on the GPU (CLIP, then one Ollama call per image), the next batch is
 admitted and decoded on a prefetch thread, so the models never wait for the disk. Every
 result is counted; a transient failure goes back to the queue on its retry schedule.
+
+Both threads tell the ``Heartbeat`` what they have in hand (the service withholds the
+systemd watchdog ping when something stays in hand too long) and the ``Quarantine`` which
+images they hold (so a crash can be pinned on them). An image that was in hand during the
+last crash (a suspect) is processed alone, with nothing else in hand, so a second crash is
+pinned on it and not on its batch-mates.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +24,8 @@ import structlog
 from daemon.pipeline import Prepared, finish_batch, prepare_batch
 from daemon.records import Result
 from daemon.service.live import Live
+from daemon.service.progress import Heartbeat
+from daemon.service.quarantine import Quarantine
 from daemon.service.queue import JobQueue
 from daemon.service.tally import Tally
 
@@ -32,12 +41,18 @@ class Worker:
         queue: JobQueue,
         tally: Tally,
         on_result: Callable[[Result], None] | None = None,
+        *,
+        heartbeat: Heartbeat | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self._live = live
         self._queue = queue
         self._tally = tally
         self._on_result = on_result  # e.g. the manifest keeper
         self._attempts: dict[Path, int] = {}
+        self.heartbeat = heartbeat or Heartbeat()
+        self._quarantine = quarantine
+        self._alone: deque[Path] = deque()  # suspects, each to be processed on its own
         self.thread = threading.Thread(target=self._run, name="promptd-worker", daemon=True)
 
     def _run(self) -> None:
@@ -48,30 +63,75 @@ class Worker:
             ahead: Future[Prepared] | None = None
             while True:
                 if ahead is None:
-                    paths = self._queue.get_batch(batch_size, timeout=0.5)
+                    if self._alone:  # nothing else is in hand now
+                        self._finish(self._prepare([self._alone.popleft()]))
+                        if stop.is_set():
+                            return
+                        continue
+                    paths = self._take(batch_size, timeout=0.5)
                     if paths is None:
                         return
                     if not paths:
                         continue
                     ahead = prefetch.submit(self._prepare, paths)
                 prepared = ahead.result()
-                more = self._queue.get_batch(batch_size, timeout=0) if not stop.is_set() else None
+                wanted = not stop.is_set() and not self._alone
+                more = self._take(batch_size, timeout=0) if wanted else None
                 ahead = prefetch.submit(self._prepare, more) if more else None
-                try:
-                    results = finish_batch(prepared, self._live.ctx)
-                except Exception:  # keep serving; the paths stay pending on disk
-                    log.exception("batch_crashed", paths=[str(p) for p in prepared.paths])
-                    results = [Result(p, "failed", "internal error") for p in prepared.paths]
-                for result in results:
-                    self._record(result)
+                self._finish(prepared)
                 if stop.is_set():
                     if ahead is not None:
                         for path in ahead.result().paths:
                             self._queue.done(path)
                     return
 
+    def _take(self, batch_size: int, timeout: float) -> list[Path] | None:
+        """A batch from the queue, suspects set aside to be processed alone."""
+        paths = self._queue.get_batch(batch_size, timeout=timeout)
+        if not paths or self._quarantine is None:
+            return paths
+        suspects = [path for path in paths if self._quarantine.is_suspect(path)]
+        self._alone.extend(suspects)
+        return [path for path in paths if path not in suspects]
+
     def _prepare(self, paths: list[Path]) -> Prepared:
-        return prepare_batch(paths, self._live.ctx, redo_degraded=self._live.ollama_up is not False)
+        if self._quarantine is not None:
+            self._quarantine.hold(paths)
+        self.heartbeat.begin("prefetch", f"{paths[0]} (decoding {len(paths)} image(s))")
+        try:
+            prepared = prepare_batch(
+                paths, self._live.ctx, redo_degraded=self._live.ollama_up is not False
+            )
+        finally:
+            self.heartbeat.end("prefetch")
+        if self._quarantine is not None:
+            self._quarantine.release(prepared.results)  # finished already: skipped, errors
+        return prepared
+
+    def _finish(self, prepared: Prepared) -> None:
+        """The GPU stages for one prepared batch, then every result recorded."""
+        finished: list[Path] = []
+
+        def on_image(path: Path) -> None:
+            self.heartbeat.begin("worker", str(path))
+            if finished and self._quarantine is not None:
+                self._quarantine.release(finished)  # the ones before it are written
+            finished[:] = [path]
+
+        if prepared.work:
+            first = prepared.work[0][0].path
+            self.heartbeat.begin("worker", f"{first} (CLIP over {len(prepared.work)} image(s))")
+        try:
+            results = finish_batch(prepared, self._live.ctx, on_image=on_image)
+        except Exception:  # keep serving; the paths stay pending on disk
+            log.exception("batch_crashed", paths=[str(p) for p in prepared.paths])
+            results = [Result(p, "failed", "internal error") for p in prepared.paths]
+        finally:
+            self.heartbeat.end("worker")
+        if self._quarantine is not None:
+            self._quarantine.release(prepared.paths)
+        for result in results:
+            self._record(result)
 
     def _record(self, result: Result) -> None:
         path = result.path

@@ -10,10 +10,12 @@
     write_sidecars(paths, txt_line=line if write_txt else None, doc=doc, outputs=settings.outputs)
 
 - ``naming``: sidecar names, stem collisions, a folder's names indexed once.
-- ``document``: the record built from the pipeline's records (pure) and its JSON Schema.
+- ``document``: the record built from the pipeline's records (pure); ``schema``: its JSON Schema.
+- ``encode``: the record's bytes (hidden characters escaped, valid UTF-8 or an error).
 - ``files``: capped reads, freshness, ownership of a caption, ordered atomic writes, removal.
 
-May import: ``daemon.records``, ``daemon.errors``, ``daemon.fs``; never the pipeline stages.
+May import: ``daemon.records``, ``daemon.errors``, ``daemon.clean``, ``daemon.fs``; never the
+pipeline stages.
 """
 
 from daemon.fs.atomic import is_temp_name, sweep_temp_files, write_atomic
@@ -22,13 +24,13 @@ from daemon.sidecar.document import (
     build_error_sidecar,
     build_sidecar,
     check_txt_line,
-    dump_sidecar,
     txt_bytes,
-    validate_sidecar,
 )
+from daemon.sidecar.encode import dump_sidecar
 from daemon.sidecar.files import (
     freshness,
     json_is_foreign,
+    own_txt,
     plan_txt,
     read_sidecar,
     remove_sidecars,
@@ -44,6 +46,7 @@ from daemon.sidecar.naming import (
     sidecar_names,
     sidecar_paths,
 )
+from daemon.sidecar.schema import validate_sidecar
 
 __all__ = [
     "SCHEMA_ID",
@@ -58,6 +61,7 @@ __all__ = [
     "index_folder",
     "is_temp_name",
     "json_is_foreign",
+    "own_txt",
     "plan_txt",
     "read_sidecar",
     "remove_sidecars",

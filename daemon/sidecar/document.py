@@ -2,7 +2,13 @@
 
 ``build_sidecar`` makes the record of a prompt (``ok`` or ``degraded``), ``build_error_sidecar``
 the record of an image that could not be processed; both share one shape, described by the
-JSON Schema shipped beside this module (``validate_sidecar`` checks a document against it).
+JSON Schema shipped beside this module (``daemon.sidecar.schema.validate_sidecar`` checks a
+document against it).
+
+Every string that came from outside (the model's fields, labels, rule settings, reasons) is
+recorded through ``daemon.clean``; names and paths are identifiers and are recorded exactly,
+a name that is not valid UTF-8 with its escaped form (``daemon.fs.rawname``). The bytes of
+the file are ``daemon.sidecar.encode``'s job.
 """
 
 from __future__ import annotations
@@ -12,28 +18,28 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from daemon import __version__
+from daemon.clean import clean_text, clean_tree
 from daemon.errors import PromptdError
+from daemon.fs.rawname import display_name, record_names
 from daemon.records import Analysis, Composition, EffectiveRule, ImageStats, LoadedImage
 
 SCHEMA_ID = "promptd.sidecar/1"
-SCHEMA_RESOURCE = "sidecar.schema.json"
 _DIGITS = 4  # scores and statistics are rounded for readable records
 
 
 def check_txt_line(line: str) -> str:
-    """Return ``line`` if it is a valid caption: one line, not blank; else raise ValueError."""
+    """Return ``line`` if it is a valid caption: one clean line (``clean_text`` leaves it
+    as it is), not blank; else raise ValueError."""
     if not line.strip():
         raise ValueError("the caption line is empty")
     if line.splitlines() != [line]:
         raise ValueError(f"the caption must be one line, got {line!r}")
+    if clean_text(line) != line:
+        raise ValueError(f"the caption must be clean text (see daemon.clean), got {line!r}")
     return line
 
 
@@ -51,14 +57,16 @@ def utc_timestamp(when: datetime) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """``value`` as plain JSON data (tuples become lists), so the document validates as written."""
-    return json.loads(json.dumps(value, ensure_ascii=False, allow_nan=False))
+    """``value`` as plain, clean JSON data: tuples become lists, every string is cleaned."""
+    return clean_tree(json.loads(json.dumps(value, ensure_ascii=False, allow_nan=False)))
 
 
 def _analysis(analysis: Analysis | None) -> dict[str, list[dict[str, Any]]]:
-    """Category -> ranked labels, as JSON."""
+    """Category -> ranked labels, as JSON (labels come from config.yaml: cleaned)."""
     return {
-        category: [{"label": s.label, "score": round(s.score, _DIGITS)} for s in scored]
+        clean_text(category): [
+            {"label": clean_text(s.label), "score": round(s.score, _DIGITS)} for s in scored
+        ]
         for category, scored in (analysis or {}).items()
     }
 
@@ -89,7 +97,7 @@ def _image(
 ) -> dict[str, Any]:
     """The ``image`` section; ``st`` is (bytes, mtime_ns); size and format null if not decoded."""
     return {
-        "file": name,
+        **record_names(name),
         "sha256": sha256,
         "bytes": st[0],
         "mtime_ns": st[1],
@@ -128,25 +136,30 @@ def _document(
         "mode": mode,
         "requested_mode": requested_mode,
         "prompt": prompt,
-        "negative_prompt": negative_prompt,
-        **training,
+        "negative_prompt": clean_text(negative_prompt),
+        **_plain(training),
         "analysis": _analysis(analysis),
         "stats": _stats(stats) if stats else None,
         "context": _plain(context) if context else None,
         "image": image,
-        "outputs": outputs,
-        "models": {"clip": clip_model, "llm": models.get("llm"), **extra_roles},
+        "outputs": {**outputs, "txt": _shown(outputs.get("txt"))},
+        "models": _plain({"clip": clip_model, "llm": models.get("llm"), **extra_roles}),
         "rule": {
-            "sources": [str(path) for path in rule.sources],
+            "sources": [display_name(str(path)) for path in rule.sources],
             "fingerprint": rule.fingerprint,
-            "settings": rule.settings.model_dump(mode="json"),
+            "settings": _plain(rule.settings.model_dump(mode="json")),
         },
         "timings_ms": {stage: round(ms, 1) for stage, ms in (timings_ms or {}).items()},
         "created_at": utc_timestamp(created_at or datetime.now(timezone.utc)),
-        "degraded_reason": degraded_reason,
-        "error": error,
+        "degraded_reason": _plain(degraded_reason),
+        "error": _plain(error),
         "generator": {"name": "promptd", "version": __version__},
     }
+
+
+def _shown(name: str | None) -> str | None:
+    """A sidecar's own name as recorded: its display form (it follows from the image's name)."""
+    return display_name(name) if name is not None else None
 
 
 def build_sidecar(
@@ -263,35 +276,3 @@ def build_error_sidecar(
         degraded_reason=None,
         error=error_info(error),
     )
-
-
-def dump_sidecar(doc: Mapping[str, Any]) -> bytes:
-    """The .json bytes: UTF-8, indented, keys in build order, final newline."""
-    text = json.dumps(doc, ensure_ascii=False, indent=2, sort_keys=False, allow_nan=False)
-    return (text + "\n").encode("utf-8")
-
-
-@lru_cache(maxsize=1)
-def sidecar_schema() -> dict[str, Any]:
-    """The JSON Schema shipped with the package (``daemon/sidecar/sidecar.schema.json``)."""
-    text = resources.files("daemon.sidecar").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    return schema
-
-
-@lru_cache(maxsize=1)
-def _validator() -> Draft202012Validator:
-    """A validator for the shipped schema, built once."""
-    return Draft202012Validator(sidecar_schema())
-
-
-def validate_sidecar(doc: Any) -> list[str]:
-    """Every way ``doc`` breaks the sidecar schema, as ``path: problem`` lines; empty when valid."""
-    problems = []
-    for err in sorted(_validator().iter_errors(doc), key=lambda e: list(map(str, e.path))):
-        where = ".".join(str(part) for part in err.absolute_path) or "(document)"
-        message = err.message
-        if err.validator in ("pattern", "not") and "description" in err.schema:
-            message = f"{err.instance!r} is invalid: {err.schema['description']}"
-        problems.append(f"{where}: {message}")
-    return problems

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from daemon.fs.atomic import write_atomic
-from daemon.sidecar.document import SCHEMA_ID, dump_sidecar, txt_bytes
+from daemon.fs.rawname import NAME_MAX, display_name, name_bytes, same_name
+from daemon.sidecar.document import SCHEMA_ID, txt_bytes
+from daemon.sidecar.encode import dump_sidecar
 from daemon.sidecar.naming import SidecarPaths, sidecar_candidates
 
 Freshness = Literal["fresh", "degraded", "stale"]
@@ -92,8 +94,12 @@ def freshness(doc: dict[str, Any], st: os.stat_result, fingerprint: str) -> Fres
 
 
 def txt_is_ours(txt_path: Path, doc: dict[str, Any] | None) -> bool:
-    """True when ``doc`` says promptd wrote ``txt_path`` and the file is unchanged since."""
-    if doc is None or _field(doc, "outputs", "txt") != txt_path.name:
+    """True when ``doc`` says promptd wrote ``txt_path`` and the file is unchanged since.
+
+    The record names the .txt in its display form (``daemon.fs.rawname``); which image it
+    belongs to is settled by the record's exact ``image`` name.
+    """
+    if doc is None or _field(doc, "outputs", "txt") != display_name(txt_path.name):
         return False
     expected = _field(doc, "outputs", "txt_sha256")
     data = _read_capped(txt_path)
@@ -124,27 +130,36 @@ def write_sidecars(
 ) -> tuple[Path, ...]:
     """Write the .txt (when ``txt_line`` is given and wanted) then the .json, the done marker.
 
-    Returns the paths written, in order. Raises ``ValueError`` for a bad caption line or a
-    document whose ``outputs`` disagree with what is written (programming errors), and
+    Both files are serialised and their names checked before either is written, so a
+    failure (a name too long, a record that cannot be encoded) leaves nothing on disk: never a
+    .txt without its .json. Returns the paths written, in order. Raises ``ValueError`` for a
+    bad caption line, a document whose ``outputs`` disagree with what is written, or a name
+    longer than ``NAME_MAX`` bytes (programming errors: admit refuses such images), and
     ``TransientError`` when the disk refuses.
     """
     data = None
     if txt_line is not None and "txt" in outputs:
         data = txt_bytes(txt_line)
+    payload = None
     if "json" in outputs:
         expected = (
-            (paths.txt.name, hashlib.sha256(data).hexdigest()) if data is not None else (None, None)
+            (display_name(paths.txt.name), hashlib.sha256(data).hexdigest())
+            if data is not None
+            else (None, None)
         )
         stated = (_field(doc, "outputs", "txt"), _field(doc, "outputs", "txt_sha256"))
         if stated != expected:
             raise ValueError(f"sidecar outputs {stated} do not match what is written {expected}")
+        payload = dump_sidecar(doc)
+    targets = [(paths.txt, data), (paths.json, payload)]
+    for path, content in targets:
+        if content is not None and name_bytes(path.name) > NAME_MAX:
+            raise ValueError(f"{path.name!r} is longer than {NAME_MAX} bytes")
     written: list[Path] = []
-    if data is not None:
-        write_atomic(paths.txt, data)
-        written.append(paths.txt)
-    if "json" in outputs:
-        write_atomic(paths.json, dump_sidecar(doc))
-        written.append(paths.json)
+    for path, content in targets:
+        if content is not None:
+            write_atomic(path, content)
+            written.append(path)
     return tuple(written)
 
 
@@ -158,8 +173,17 @@ def _remove(path: Path, removed: list[Path]) -> None:
 
 
 def _describes(doc: dict[str, Any] | None, image: Path) -> bool:
-    """True when ``doc`` is a promptd record of the image named like ``image``."""
-    return doc is not None and _field(doc, "image", "file") == image.name
+    """True when ``doc`` is a promptd record of the image named exactly like ``image``."""
+    return doc is not None and same_name(doc.get("image"), image.name)
+
+
+def own_txt(image: Path, doc: dict[str, Any]) -> Path | None:
+    """The .txt that ``doc`` (a record of ``image``) says promptd wrote, if it names one."""
+    shown = _field(doc, "outputs", "txt")
+    for path in sidecar_candidates(image):
+        if path.suffix == ".txt" and display_name(path.name) == shown:
+            return path
+    return None
 
 
 def remove_sidecars(image: Path, doc: dict[str, Any] | None = None) -> list[Path]:

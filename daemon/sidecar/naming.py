@@ -1,5 +1,6 @@
 """Where an image's sidecars go: ``photo.txt``/``photo.json``, or ``photo.jpg.txt`` when another
-image in the folder shares the stem. Pure string work over a folder's names (plus one listing)."""
+image in the folder shares the stem (or the stem form when the filename form would pass the
+filesystem's 255-byte name limit). Pure string work over a folder's names (plus one listing)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from daemon.fs.names import MANIFEST_FILES
+from daemon.fs.rawname import NAME_MAX, name_bytes
 
 Naming = Literal["stem", "filename"]
 
@@ -71,8 +73,14 @@ def sidecar_names(
     they arrive in, or when the stem form would take a manifest's name (metadata_kohya.png). Stems and extensions are compared case-insensitively, so folders on
     case-insensitive filesystems are safe too. Pass a ``FolderIndex`` (``index_folder``)
     when asking for many images of one folder.
+
+    A ``filename`` form longer than ``NAME_MAX`` bytes (``photo.jpg.json`` for a 251-byte
+    name) falls back to the stem form when no other image shares the stem; otherwise the
+    names returned are too long, and admit refuses the image before anything is written.
     """
     stem, ext = _split(image_name)
+    if naming != "stem" and name_bytes(image_name) + len(".json") > NAME_MAX:
+        naming = "stem"  # the filename form cannot exist; the stem form may, if unshared
     if naming != "stem":
         stem = image_name
     else:

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from daemon import sidecar
+from daemon.fs.rawname import display_name, record_names, same_name
 
 log = structlog.get_logger("promptd.follow")
 
@@ -22,7 +23,7 @@ def find_own_sidecar(image: Path) -> tuple[Path, dict[str, Any]] | None:
         if candidate.suffix != ".json":
             continue
         doc = sidecar.read_sidecar(candidate)
-        if doc is not None and doc.get("image", {}).get("file") == image.name:
+        if doc is not None and same_name(doc.get("image"), image.name):
             return candidate, doc
     return None
 
@@ -47,17 +48,17 @@ def move_for(src: Path, dest: Path, naming: str, extensions: tuple[str, ...]) ->
         return []
     moved = []
     outputs = dict(doc.get("outputs") or {})
-    txt_name = outputs.get("txt")
-    if txt_name:
-        txt = json_path.with_name(txt_name)
-        if sidecar.txt_is_ours(txt, doc) and not target.txt.exists():
+    if outputs.get("txt"):
+        txt = sidecar.own_txt(src, doc)
+        if txt is not None and sidecar.txt_is_ours(txt, doc) and not target.txt.exists():
             txt.replace(target.txt)
             moved.append(target.txt)
-            outputs["txt"] = target.txt.name
+            outputs["txt"] = display_name(target.txt.name)
         else:
             outputs["txt"] = None
             outputs["txt_sha256"] = None
-    updated = {**doc, "image": {**doc["image"], "file": dest.name}, "outputs": outputs}
+    image = {**doc["image"], **record_names(dest.name)}
+    updated = {**doc, "image": image, "outputs": outputs}
     sidecar.write_atomic(target.json, sidecar.dump_sidecar(updated))
     if json_path != target.json:
         json_path.unlink(missing_ok=True)

@@ -11,31 +11,41 @@ images is bounded by reading their small .json files.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from daemon import sidecar
 from daemon.errors import PromptdError
 from daemon.fs.names import is_ignored_name
-from daemon.fs.treewalk import walk_folders
+from daemon.fs.treewalk import is_reported_link, walk_folders
 from daemon.pipeline import Context, freshness_of
 
 
-def pending_images(root: Path, ctx: Context, *, redo_degraded: bool) -> Iterator[Path]:
+def pending_images(
+    root: Path,
+    ctx: Context,
+    *,
+    redo_degraded: bool,
+    on_symlink: Callable[[Path], None] | None = None,
+) -> Iterator[Path]:
     """Every image under ``root`` that needs work, lazily, folder by folder.
 
     Images held by an invalid rule file are yielded too, so the worker records them as held
-    and `promptd status` shows the folder.
+    and `promptd status` shows the folder. Links to images or folders (never followed) go to
+    ``on_symlink``.
     """
     limits = ctx.config.images
     extensions = tuple(ext.lower() for ext in limits.extensions)
-    for folder, files in walk_folders(root, ignore=limits.ignore):
-        images = [
-            entry
-            for entry in files
-            if entry.name.lower().endswith(extensions)
-            and not is_ignored_name(entry.name, limits.ignore)
-        ]
+
+    def looks_like_image(name: str) -> bool:
+        return name.lower().endswith(extensions) and not is_ignored_name(name, limits.ignore)
+
+    def link(entry: os.DirEntry[str]) -> None:
+        if on_symlink is not None and is_reported_link(entry, looks_like_image):
+            on_symlink(Path(entry.path))
+
+    for folder, files in walk_folders(root, ignore=limits.ignore, on_symlink=link):
+        images = [entry for entry in files if looks_like_image(entry.name)]
         if images:
             yield from _pending_in_folder(folder, images, files, ctx, redo_degraded)
 

@@ -1,7 +1,9 @@
 """The Ollama backend: one schema-constrained chat call, model capabilities, and error mapping.
 
 `OllamaLLM` wraps the official `ollama.Client` with explicit timeouts (its default is none
-at all) and turns every failure into a daemon error the caller can act on:
+at all), a size and time limit on every response (`bounded`), and reads answers streamed,
+stopping once one grows past what its `num_predict` allows. Every failure becomes a daemon
+error the caller can act on:
 `TransientError` (unreachable, timeout, dropped connection, busy, server error: retry
 later), `ModelMissingError` (404: someone must `ollama pull`), `OutputError` (any other
 refusal: the request or answer is unusable). No httpx, pydantic or builtin connection
@@ -21,6 +23,14 @@ import ollama
 
 from daemon.config import OllamaSettings
 from daemon.errors import ConfigError, ModelMissingError, OutputError, PromptdError, TransientError
+from daemon.pipeline.compose.bounded import (
+    RESPONSE_BYTES_PER_ANSWER_BYTE,
+    ResponseTooLarge,
+    answer_cap,
+    chunk_cap,
+    read_answer,
+    response_limits,
+)
 
 TRANSIENT_STATUS = frozenset({408, 429})
 
@@ -33,6 +43,18 @@ class LLMReply:
     done_reason: str | None
     eval_count: int | None
     total_duration_ms: float | None
+
+
+def reply_from(final: ollama.ChatResponse, text: str) -> LLMReply:
+    """The reply from an answer's text and its final (``done``) chunk, which carries how it
+    ended and the server's counts and timings."""
+    total = final.total_duration
+    return LLMReply(
+        text=text,
+        done_reason=final.done_reason,
+        eval_count=final.eval_count,
+        total_duration_ms=total / 1e6 if total is not None else None,
+    )
 
 
 class LLM(Protocol):
@@ -88,9 +110,15 @@ class OllamaLLM:
         self._settings = settings
         self._gpu_lock = gpu_lock
         self._capabilities: dict[str, frozenset[str]] = {}
-        timeout = httpx.Timeout(settings.timeout.read_s, connect=settings.timeout.connect_s)
+        limits = settings.timeout
+        timeout = httpx.Timeout(limits.read_s, connect=limits.connect_s)
+        # httpx times each chunk: the hooks also bound a whole response, in bytes and seconds.
+        hooks = response_limits(
+            RESPONSE_BYTES_PER_ANSWER_BYTE * settings.max_answer_bytes,
+            limits.connect_s + limits.read_s,
+        )
         try:
-            self._client = ollama.Client(host=settings.host, timeout=timeout)
+            self._client = ollama.Client(host=settings.host, timeout=timeout, event_hooks=hooks)
         except (ValueError, httpx.InvalidURL) as exc:
             raise ConfigError(f"ollama.host {settings.host!r} is not a usable URL: {exc}") from exc
         # The client resolves host / $OLLAMA_HOST / the default; report the address it uses.
@@ -106,29 +134,26 @@ class OllamaLLM:
         temperature: float,
         images: Sequence[bytes] | None = None,
     ) -> LLMReply:
-        """One non-streamed chat turn with `format=schema`; raises TransientError, ModelMissingError, OutputError."""
+        """One streamed chat turn with `format=schema`, read up to `answer_cap` bytes; raises
+        TransientError, ModelMissingError, OutputError (an answer past the cap included)."""
         # think=False stops a thinking model from reasoning first; others must not get the key.
         think = False if "thinking" in self.capabilities(model) else None
         payload = attach_images(messages, images)
         options: dict[str, Any] = {"temperature": temperature, "num_predict": num_predict}
         options.update(self._runner_options())
+        cap = answer_cap(num_predict, self._settings.max_answer_bytes)
         with self._errors(model), self._working():
-            response = self._client.chat(
+            chunks = self._client.chat(
                 model=model,
                 messages=payload,
                 format=dict(schema),
                 options=options,
                 keep_alive=keep_alive_value(self._settings.keep_alive),
                 think=think,
-                stream=False,
+                stream=True,
             )
-        total = response.total_duration
-        return LLMReply(
-            text=response.message.content or "",
-            done_reason=response.done_reason,
-            eval_count=response.eval_count,
-            total_duration_ms=total / 1e6 if total is not None else None,
-        )
+            text, final = read_answer(chunks, cap, chunk_cap(num_predict))
+        return reply_from(final, text)
 
     def capabilities(self, model: str) -> frozenset[str]:
         """The capabilities `/api/show` lists for `model` (empty for servers older than 0.6.4)."""
@@ -179,8 +204,12 @@ class OllamaLLM:
         """Map whatever the client raises onto the daemon's errors."""
         try:
             yield
-        except PromptdError:
+        except PromptdError as exc:
+            if exc.path is None and not exc.message.startswith("Ollama at"):
+                raise type(exc)(f"Ollama at {self.host}: {exc.message}") from exc
             raise
+        except ResponseTooLarge as exc:
+            raise OutputError(f"Ollama at {self.host}: {exc}") from exc
         except ollama.ResponseError as exc:
             raise self._refused(exc, model) from exc
         except httpx.TimeoutException as exc:

@@ -3,7 +3,9 @@
 `speed` and `quality` ask a text model, `vision` asks a model that sees the image, `clip`
 fills a template. Failures never escape: a busy or unreachable Ollama is retried with
 backoff, a truncated or invalid answer is retried once with a doubled token budget, and
-whatever still fails falls back to the `clip` template with a short, human reason.
+whatever still fails falls back to the `clip` template with a short, human reason. Every
+string of an answer goes through `daemon.clean` before it is used (the prompt through
+`clean_prompt`, the descriptive fields through `clean_tree`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import structlog
 from PIL import Image
 
+from daemon.clean import clean_tree
 from daemon.config import Mode, OllamaSettings, RuleSettings
 from daemon.errors import ImageError, ModelMissingError, OutputError, TransientError
 from daemon.pipeline.compose.client import LLM
@@ -31,6 +34,7 @@ from daemon.pipeline.compose.schemas import (
 )
 from daemon.pipeline.compose.text import (
     GENERIC_NEGATIVE,
+    clean_field,
     clean_prompt,
     clip_template,
     interrogator_prompt,
@@ -223,10 +227,17 @@ class Composer:
 def _context(output: QualityOutput, prompt: str, analysis: Analysis) -> dict[str, Any]:
     """Seed 001's ten fields (prompt cleaned) plus the clip-interrogator style tag prompt."""
     fields = output.model_dump(include=set(CONTEXT_FIELDS))
-    context = {name: fields[name] for name in CONTEXT_FIELDS}
+    context: dict[str, Any] = {}
+    for name in CONTEXT_FIELDS:
+        value = fields[name]
+        if isinstance(value, list):
+            context[name] = [item for item in map(clean_field, value) if item]
+        else:
+            context[name] = clean_field(value)
     context["generative_prompt"] = prompt
     context["clip_prompt"] = interrogator_prompt(analysis)
-    return context
+    cleaned: dict[str, Any] = clean_tree(context)
+    return cleaned
 
 
 def _template(

@@ -1,0 +1,7 @@
+"""`python -m daemon.cli`: the same as the `promptd` console script."""
+
+import sys
+
+from daemon.cli import main
+
+sys.exit(main())
