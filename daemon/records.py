@@ -104,6 +104,9 @@ class Composition:
     models: Mapping[str, str]  # role -> model name, e.g. {"llm": "llama3.2:latest"}
     degraded_reason: str | None = None  # set when a fallback produced this
     attempts: int = 1
+    # Ollama's counts and times, summed over the attempts that got an answer (llm_load_ms,
+    # llm_prompt_tokens, llm_prompt_ms, llm_output_tokens, llm_output_ms); empty without one.
+    llm_timings: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

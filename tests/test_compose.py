@@ -22,6 +22,7 @@ from daemon.pipeline.compose.schemas import (
     QualityOutput,
     SpeedOutput,
     VisionOutput,
+    answer_tokens,
     format_schema,
     parse_output,
 )
@@ -44,6 +45,7 @@ ANALYSIS = {
     "color_palette": (Scored("cool tones", 0.70),),
 }
 STATS = "bright, muted landscape image (16:9) dominated by white and gray"
+SPEED_TOKENS = answer_tokens(format_schema(SpeedOutput))  # speed's num_predict (under 400)
 
 
 def words(text: str) -> int:
@@ -216,9 +218,10 @@ def _keys(node: Any) -> set[str]:
 
 @pytest.mark.parametrize("output", [SpeedOutput, QualityOutput, VisionOutput])
 def test_format_schema_stays_within_grammar_safe_keys(output):
-    """Schemas sent as `format` use only type/properties/required/enum/items."""
+    """Schemas sent as `format` use only type/properties/required/enum/items and the bounds."""
     schema = format_schema(output)
-    assert _keys(schema) <= {"type", "properties", "required", "enum", "items", "$defs", "$ref"}
+    safe = {"type", "properties", "required", "enum", "items", "$defs", "$ref"}
+    assert _keys(schema) <= safe | {"maxLength", "maxItems"}
     assert schema["required"] == list(schema["properties"])
 
 
@@ -243,17 +246,17 @@ def test_build_messages_carry_labels_stats_language_and_fields():
     system, user = build_messages("quality", ANALYSIS, STATS, "Spanish", schema)
     assert system["role"] == "system" and user["role"] == "user"
     assert "lighthouse (0.80)" in user["content"] and "cool tones (0.70)" in user["content"]
-    assert STATS in user["content"] and "Spanish" in user["content"]
-    assert all(f'"{name}"' in user["content"] for name in schema["properties"])
-    assert "300 tokens" in user["content"]
+    assert STATS in user["content"] and "Spanish" in system["content"]
+    assert all(f'"{name}"' in system["content"] for name in schema["properties"])
+    assert "300 tokens" in system["content"]
 
 
 def test_build_messages_speed_is_short_and_vision_calls_labels_hints():
     """Speed asks for ~150 tokens; vision presents CLIP labels as hints to check."""
     speed = build_messages("speed", ANALYSIS, STATS, "English", format_schema(SpeedOutput))
-    assert "150 tokens" in speed[-1]["content"]
+    assert "150 tokens" in speed[0]["content"]
     vision = build_messages("vision", ANALYSIS, STATS, "French", format_schema(VisionOutput))
-    assert "hints" in vision[-1]["content"] and "attached image" in vision[-1]["content"]
+    assert "hints" in vision[-1]["content"] and "attached image" in vision[0]["content"]
 
 
 def test_build_messages_without_analysis_say_so():
@@ -267,15 +270,19 @@ def test_build_messages_without_analysis_say_so():
 
 @pytest.mark.parametrize("mode", ["speed", "quality", "vision"])
 def test_build_messages_hint_comes_last_fenced_apart_from_evidence_and_rules(mode):
-    """The user's words follow the evidence, the rules and the answer format, inside a fence."""
+    """The user's words follow the rules and the answer format (in the system message) and
+    the evidence, last of everything and inside a fence."""
     schema = format_schema(
         {"speed": SpeedOutput, "quality": QualityOutput, "vision": VisionOutput}[mode]
     )
     hint = "all photos show the Acme Runner shoe; name the colourway"
-    content = build_messages(mode, ANALYSIS, STATS, "English", schema, hint)[-1]["content"]
+    system, user = build_messages(mode, ANALYSIS, STATS, "English", schema, hint)
+    content = user["content"]
     fenced = content.index(f"<user_instructions>\n{hint}\n</user_instructions>")
-    for earlier in ("lighthouse (0.80)", STATS, "Rules for the prompt", "Answer with a JSON"):
+    for earlier in ("lighthouse (0.80)", STATS):
         assert content.index(earlier) < fenced
+    assert "Rules for the prompt" in system["content"] and "Answer with a JSON" in system["content"]
+    assert "user_instructions" not in system["content"]
     assert content.rstrip().endswith("</user_instructions>")
 
 
@@ -495,7 +502,7 @@ def test_speed_mode_prompt_is_clean_and_built_from_the_analysis(fake_ollama):
     (body,) = fake_ollama.bodies()
     assert body["model"] == "llama3.2:latest" and "lighthouse (0.80)" in user_text(body)
     assert body["format"] == format_schema(SpeedOutput)
-    assert body["options"]["num_predict"] == 400 and body["options"]["temperature"] == 0.5
+    assert body["options"]["num_predict"] == SPEED_TOKENS and body["options"]["temperature"] == 0.5
 
 
 def test_quality_mode_context_has_the_ten_seed_fields(fake_ollama):
@@ -509,7 +516,7 @@ def test_quality_mode_context_has_the_ten_seed_fields(fake_ollama):
     QualityOutput.model_validate({**result.context, "negative_prompt": result.negative_prompt})
     assert_clean_line(result.prompt)
     (body,) = fake_ollama.bodies()
-    assert "Spanish" in user_text(body) and "oil painting (0.62)" in user_text(body)
+    assert "Spanish" in body["messages"][0]["content"] and "oil painting (0.62)" in user_text(body)
 
 
 def test_vision_mode_sends_exactly_one_jpeg_to_the_vision_model_only(fake_ollama):
@@ -598,7 +605,8 @@ def test_truncated_answer_is_retried_once_with_double_num_predict(fake_ollama):
     fake_ollama.truncate = 1
     result = compose(composer_for(fake_ollama, []), "speed")
     assert result.mode == "speed" and result.attempts == 2
-    assert [b["options"]["num_predict"] for b in fake_ollama.bodies()] == [400, 800]
+    budgets = [b["options"]["num_predict"] for b in fake_ollama.bodies()]
+    assert budgets == [SPEED_TOKENS, 2 * SPEED_TOKENS]
 
 
 def test_answer_truncated_twice_degrades(fake_ollama):
@@ -723,7 +731,8 @@ def test_transient_then_bad_output_then_ok_uses_both_retry_kinds():
         GENERIC_NEGATIVE,
         3,
     )
-    assert sleeps == [1.0] and [c["num_predict"] for c in llm.calls] == [400, 400, 800]
+    budgets = [c["num_predict"] for c in llm.calls]
+    assert sleeps == [1.0] and budgets == [SPEED_TOKENS, SPEED_TOKENS, 2 * SPEED_TOKENS]
 
 
 def test_vision_capability_check_failing_transiently_is_retried():

@@ -13,7 +13,7 @@ from daemon.config import OllamaSettings, RuleSettings
 from daemon.errors import OutputError, TransientError
 from daemon.pipeline.compose.client import OllamaLLM, answer_cap, chunk_cap
 from daemon.pipeline.compose.modes import Composer
-from daemon.pipeline.compose.schemas import SpeedOutput, format_schema
+from daemon.pipeline.compose.schemas import SpeedOutput, answer_tokens, format_schema
 from daemon.records import Scored
 from tests.daemon_helpers import wait_until
 from tests.fake_ollama import FakeOllama
@@ -105,7 +105,8 @@ def test_composer_200_kb_answer_is_cut_off_twice_then_falls_back(fake_ollama):
     assert result.mode == "clip" and result.attempts == 2
     assert "ran past" in (result.degraded_reason or "")
     budgets = [body["options"]["num_predict"] for body in fake_ollama.bodies()]
-    assert budgets == [400, 800]
+    first = answer_tokens(format_schema(SpeedOutput))  # sized to the schema, under 400
+    assert budgets == [first, 2 * first]
     assert fake_ollama.streamed_bytes < 200 * 1024
 
 

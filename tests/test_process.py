@@ -21,6 +21,13 @@ from tests.fake_ollama import FakeOllama
 from tests.images import SMALL_MAX_PIXELS, make_bad_images, make_good_images
 
 SIDECAR_SUFFIXES = (".txt", ".json")
+LLM_TIMINGS = (
+    "llm_load_ms",
+    "llm_prompt_tokens",
+    "llm_prompt_ms",
+    "llm_output_tokens",
+    "llm_output_ms",
+)
 
 
 def write_config(
@@ -112,6 +119,10 @@ def test_process_every_mode_writes_valid_sidecars_and_error_records(
         assert set(doc["analysis"]) >= {"style", "mood", "composition", "color_palette", "subjects"}
         if mode in ("quality", "vision"):
             assert {"brief_caption", "generative_prompt", "objects"} <= set(doc["context"])
+        llm_keys = {k for k in doc["timings_ms"] if k.startswith("llm_")}
+        assert llm_keys == (set() if mode == "clip" else set(LLM_TIMINGS)), name
+        if mode != "clip":
+            assert isinstance(doc["timings_ms"]["llm_output_tokens"], int)
     for name, word in bad.items():
         doc = sidecar(inbox, name)
         assert doc["status"] == "error"
@@ -308,5 +319,6 @@ def test_process_command_line_prints_a_summary(inbox_world: Path) -> None:
     )
     assert proc.returncode == 1, proc.stderr
     assert "ok" in proc.stdout and "failed" in proc.stdout and "images/s" in proc.stdout
+    assert "; LLM: " in proc.stdout and "model load" in proc.stdout and "tokens/s" in proc.stdout
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     assert any(line.get("event") == "image" and line.get("outcome") == "error" for line in lines)

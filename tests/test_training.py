@@ -56,8 +56,18 @@ def test_process_folder_hint_reaches_ollama_after_the_rules_and_redoes_only_its_
     assert len(with_hint) == len(shoes) and len(asked) == len(shoes) + len(other)
     for message in with_hint:
         fence = message.index(f"<user_instructions>\n{HINT}\n</user_instructions>")
-        assert message.index("Rules for the prompt") < fence
         assert message.index("What a CLIP zero-shot classifier found") < fence
+        assert message.rstrip().endswith("</user_instructions>")
+    systems = {
+        m["content"]
+        for r in fake_ollama.requests
+        if r.path == "/api/chat" and r.body.get("messages")
+        for m in r.body["messages"]
+        if m["role"] == "system"
+    }
+    # promptd's rules come first, in one system message shared by every image (the hint is
+    # the folder's, so it never changes the shared prefix)
+    assert len(systems) == 1 and "Rules for the prompt" in next(iter(systems))
     for name in shoes:
         doc = sidecar(inbox / "shoes", name)
         assert doc["hint_used"] is True and doc["rule"]["settings"]["hint"] == HINT

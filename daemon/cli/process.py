@@ -65,7 +65,10 @@ def _update_manifests(config: Config, rules: RuleResolver, results: Sequence[Res
 
 
 def summarize(results: Sequence[Result], seconds: float) -> str:
-    """One line: counts per outcome and images per second (skipped images excluded)."""
+    """One line: counts per outcome, images per second (skipped images excluded), and when
+    Ollama answered, its model loads and tokens per second (output, prompt)."""
+    from daemon.service.llmtime import total
+
     counts = Counter(r.outcome for r in results)
     worked = len(results) - counts["skipped"]
     rate = worked / seconds if seconds > 0 else 0.0
@@ -78,7 +81,9 @@ def summarize(results: Sequence[Result], seconds: float) -> str:
     ]
     if counts["held"]:
         parts.append(f"{counts['held']} held by invalid rules")
-    return ", ".join(parts) + f" in {seconds:.1f} s ({rate:.2f} images/s)"
+    line = ", ".join(parts) + f" in {seconds:.1f} s ({rate:.2f} images/s)"
+    llm = total(r.timings_ms for r in results)
+    return line + (f"; LLM: {llm.describe()}" if llm.answers else "")
 
 
 class _progress:

@@ -169,6 +169,7 @@ def finish_batch(
             begun = time.perf_counter()
             composition = compose(img, s.analysis, a.rule, ctx)
             t["compose"] = elapsed_ms(begun)
+            t.update(composition.llm_timings)
             extra = interrogate(s, composition, a.rule, ctx)
             if extra is not None:
                 t["clip_prompt"] = elapsed_ms(begun) - t["compose"]

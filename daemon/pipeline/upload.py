@@ -175,6 +175,7 @@ def run_upload(
     started = time.perf_counter()
     composition = compose(loaded, analysis, rule, ctx)
     timings["compose"] = elapsed_ms(started)
+    timings.update(composition.llm_timings)
     clip_model = ctx.analyzer.model_id if ctx.analyzer is not None and not clip_reason else None
     outcome = UploadOutcome(
         loaded=loaded,

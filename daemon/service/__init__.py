@@ -8,7 +8,8 @@
 - ``progress``: what the worker has in hand and since when (gates the watchdog ping);
   ``quarantine``: images in hand during a crash, quarantined after two.
 - ``queue``: the bounded, de-duplicated job queue with retries; ``gpulock``: CLIP and Ollama
-  take turns; ``tally``: counts; ``state``: the status file; ``sdnotify``: systemd's protocol.
+  take turns; ``tally``: counts; ``llmtime``: model loads and tokens/s; ``state``: the status
+  file; ``sdnotify``: systemd's protocol.
 
 May import anything below it; only ``daemon.cli`` imports it.
 """

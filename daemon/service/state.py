@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
@@ -20,6 +20,7 @@ from daemon.clean import visible
 from daemon.config import Config, cache_dir
 from daemon.errors import PromptdError, TransientError
 from daemon.fs.atomic import write_atomic
+from daemon.service.llmtime import LLMTime
 
 STATE_FILE_NAME = "status.json"
 STATE_SCHEMA = "promptd.state/1"
@@ -67,6 +68,7 @@ class ServiceState:
     clip_device: str = "unknown"
     version: str = ""
     api_url: str = ""  # where the HTTP API listens; empty when it is off
+    llm: LLMTime = field(default_factory=LLMTime)  # model loads and tokens/s since start
 
 
 def state_path(state_dir: Path) -> Path:
@@ -121,6 +123,7 @@ def state_from_json(data: bytes, path: Path) -> ServiceState:
             clip_device=str(doc.get("clip_device", "unknown")),
             version=str(doc.get("version", "")),
             api_url=str(doc.get("api_url", "")),
+            llm=LLMTime.from_json(doc.get("llm")),
         )
     except (ValueError, KeyError, TypeError) as exc:
         reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
@@ -229,6 +232,7 @@ def _details(state: ServiceState) -> list[str]:
         f"  done:         {state.done}   degraded: {state.degraded}   "
         f"failed: {state.failed}   skipped: {state.skipped}",
         f"  ollama:       {state.ollama}",
+        f"  llm:          {state.llm.describe()}",
         f"  clip device:  {state.clip_device}",
         f"  started:      {_iso(state.started_at)}   version: {state.version or 'unknown'}",
         f"  http api:     {state.api_url or 'off'}",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from daemon import __version__
 from daemon.records import Result
+from daemon.service.llmtime import LLMTime
 from daemon.service.state import HeldFolder, LastError, OllamaState, ServiceState
 
 MAX_LINKS_REMEMBERED = 10_000  # past this, links are counted but no longer told apart
@@ -30,6 +31,7 @@ class Tally:
     last_error: LastError | None = None
     links: set[str] = field(default_factory=set)  # symlinks seen and not followed
     more_links: int = 0  # seen once the set was full (may include repeats)
+    llm: LLMTime = field(default_factory=LLMTime)  # Ollama's loads and token counts
 
     def note_symlink(self, path: Path) -> bool:
         """A symlink was found and not followed; True the first time this run (log it then)."""
@@ -50,6 +52,7 @@ class Tally:
     def record(self, result: Result, now: datetime | None = None) -> None:
         """Count one result; remember a held folder or the failure it reports."""
         self.outcomes[result.outcome] += 1
+        self.llm = self.llm.plus(result.timings_ms)
         if result.outcome == "held":
             self.held[str(result.path.parent)] = result.reason or "invalid rule file"
         if result.outcome in ("error", "failed", "retry"):
@@ -94,4 +97,5 @@ class Tally:
             clip_device=clip_device,
             version=__version__,
             api_url=api_url,
+            llm=self.llm,
         )

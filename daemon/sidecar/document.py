@@ -149,7 +149,10 @@ def _document(
             "fingerprint": rule.fingerprint,
             "settings": _plain(rule.settings.model_dump(mode="json")),
         },
-        "timings_ms": {stage: round(ms, 1) for stage, ms in (timings_ms or {}).items()},
+        "timings_ms": {  # the llm_*_tokens entries are counts, written as integers
+            stage: int(ms) if stage.endswith("_tokens") else round(ms, 1)
+            for stage, ms in (timings_ms or {}).items()
+        },
         "created_at": utc_timestamp(created_at or datetime.now(timezone.utc)),
         "degraded_reason": _plain(degraded_reason),
         "error": _plain(error),

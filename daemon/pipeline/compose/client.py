@@ -37,23 +37,52 @@ TRANSIENT_STATUS = frozenset({408, 429})
 
 @dataclass(frozen=True)
 class LLMReply:
-    """A model's whole answer and how it ended (`done_reason` "stop" or "length")."""
+    """A model's whole answer, how it ended (`done_reason` "stop" or "length"), and the
+    server's counts and times from the final chunk (None where the server left one out)."""
 
     text: str
     done_reason: str | None
     eval_count: int | None
     total_duration_ms: float | None
+    load_duration_ms: float | None = None  # scheduling and loading: a few ms when resident
+    prompt_eval_count: int | None = None  # prompt tokens (cached ones too, on most versions)
+    prompt_eval_duration_ms: float | None = None  # prefill of the uncached part
+    eval_duration_ms: float | None = None  # generating the eval_count output tokens
+
+    def timings(self) -> dict[str, float]:
+        """The record's LLM timings (``llm_load_ms``, ``llm_prompt_tokens``, ``llm_prompt_ms``,
+        ``llm_output_tokens``, ``llm_output_ms``); a field the server did not send is absent."""
+        values = {
+            "llm_load_ms": self.load_duration_ms,
+            "llm_prompt_tokens": self.prompt_eval_count,
+            "llm_prompt_ms": self.prompt_eval_duration_ms,
+            "llm_output_tokens": self.eval_count,
+            "llm_output_ms": self.eval_duration_ms,
+        }
+        return {key: float(value) for key, value in values.items() if value is not None}
+
+
+def _ms(nanoseconds: int | None) -> float | None:
+    """Nanoseconds (Ollama's unit) as milliseconds; negative or missing is None."""
+    return nanoseconds / 1e6 if isinstance(nanoseconds, int) and nanoseconds >= 0 else None
+
+
+def _count(value: int | None) -> int | None:
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 def reply_from(final: ollama.ChatResponse, text: str) -> LLMReply:
     """The reply from an answer's text and its final (``done``) chunk, which carries how it
     ended and the server's counts and timings."""
-    total = final.total_duration
     return LLMReply(
         text=text,
         done_reason=final.done_reason,
-        eval_count=final.eval_count,
-        total_duration_ms=total / 1e6 if total is not None else None,
+        eval_count=_count(final.eval_count),
+        total_duration_ms=_ms(final.total_duration),
+        load_duration_ms=_ms(final.load_duration),
+        prompt_eval_count=_count(final.prompt_eval_count),
+        prompt_eval_duration_ms=_ms(final.prompt_eval_duration),
+        eval_duration_ms=_ms(final.eval_duration),
     )
 
 
@@ -98,6 +127,14 @@ def keep_alive_value(value: str | float) -> str | float:
     return value
 
 
+def runner_options(settings: OllamaSettings) -> dict[str, Any]:
+    """The options that make Ollama reload a model when they change (``num_ctx`` here;
+    ``num_batch``, ``num_gpu``, ``main_gpu``, ``use_mmap``, ``num_thread`` are never sent):
+    one set from the settings, the same on every request (and the preload) for every model,
+    so only sampling options (``temperature``, ``num_predict``: neither reloads) vary."""
+    return {} if settings.num_ctx is None else {"num_ctx": settings.num_ctx}
+
+
 class OllamaLLM:
     """An `LLM` talking to one Ollama server; capabilities are cached for the client's life."""
 
@@ -140,7 +177,7 @@ class OllamaLLM:
         think = False if "thinking" in self.capabilities(model) else None
         payload = attach_images(messages, images)
         options: dict[str, Any] = {"temperature": temperature, "num_predict": num_predict}
-        options.update(self._runner_options())
+        options.update(runner_options(self._settings))
         cap = answer_cap(num_predict, self._settings.max_answer_bytes)
         with self._errors(model), self._working():
             chunks = self._client.chat(
@@ -188,13 +225,9 @@ class OllamaLLM:
             self._client.chat(
                 model=model,
                 messages=[],
-                options=self._runner_options() or None,
+                options=runner_options(self._settings) or None,
                 keep_alive=keep_alive_value(self._settings.keep_alive),
             )
-
-    def _runner_options(self) -> dict[str, Any]:
-        """Options that reload the model when they change: the same on every request."""
-        return {} if self._settings.num_ctx is None else {"num_ctx": self._settings.num_ctx}
 
     def _working(self) -> contextlib.AbstractContextManager[object]:
         return self._gpu_lock if self._gpu_lock is not None else contextlib.nullcontext()

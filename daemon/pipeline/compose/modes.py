@@ -6,13 +6,17 @@ backoff, a truncated or invalid answer is retried once with a doubled token budg
 whatever still fails falls back to the `clip` template with a short, human reason. Every
 string of an answer goes through `daemon.clean` before it is used (the prompt through
 `clean_prompt`, the descriptive fields through `clean_tree`).
+
+Each request's `num_predict` is sized to its schema (`answer_tokens`: the longest answer
+the bounds allow), never above the configured `ollama.num_predict` for the mode. Ollama's
+counts and times of every answered attempt are summed into `Composition.llm_timings`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -29,6 +33,7 @@ from daemon.pipeline.compose.schemas import (
     QualityOutput,
     SpeedOutput,
     VisionOutput,
+    answer_tokens,
     format_schema,
     parse_output,
 )
@@ -138,34 +143,42 @@ class Composer:
         self, llm: LLM, request: _Request, analysis: Analysis, stats_description: str
     ) -> Composition:
         """Attempts with retries; the first usable answer wins, otherwise the template."""
-        num_predict = int(getattr(self._settings.num_predict, request.mode))
+        num_predict = request_tokens(self._settings, request.mode, request.schema)
         waits, widened, attempts = 0, False, 0
         images: list[bytes] | None = None
+        spent: dict[str, float] = {}  # Ollama's counts and times, over every answered attempt
+
+        def fallback(reason: str) -> Composition:
+            done = _template(request.mode, analysis, stats_description, reason, attempts)
+            return replace(done, llm_timings=dict(spent))
+
         while True:
             attempts += 1
             try:
                 if request.mode == "vision" and images is None:
                     images = [self._vision_image(llm, request)]
-                return self._attempt(llm, request, num_predict, images, analysis, attempts)
+                made = self._attempt(llm, request, num_predict, images, analysis, spent)
+                return replace(made, attempts=attempts, llm_timings=dict(spent))
             except TransientError as exc:
                 if waits >= self._settings.retries:
                     self.mark_down(exc.message)
-                    reason = f"{exc.message} (after {attempts} attempts); used the CLIP template"
-                    return _template(request.mode, analysis, stats_description, reason, attempts)
+                    return fallback(
+                        f"{exc.message} (after {attempts} attempts); used the CLIP template"
+                    )
                 delay = self._settings.backoff_s * 2**waits
                 log.warning("ollama_retry", model=request.model, error=exc.message, wait_s=delay)
                 self._sleep(delay)
                 waits += 1
             except ModelMissingError as exc:
-                reason = f"{exc.message}; used the CLIP template"
-                return _template(request.mode, analysis, stats_description, reason, attempts)
+                return fallback(f"{exc.message}; used the CLIP template")
             except _Unsuitable as exc:
-                reason = f"{exc}; used the CLIP template"
-                return _template(request.mode, analysis, stats_description, reason, attempts)
+                return fallback(f"{exc}; used the CLIP template")
             except OutputError as exc:
                 if widened:
-                    reason = f"{request.model} gave unusable output twice ({exc.message}); used the CLIP template"
-                    return _template(request.mode, analysis, stats_description, reason, attempts)
+                    return fallback(
+                        f"{request.model} gave unusable output twice ({exc.message}); "
+                        "used the CLIP template"
+                    )
                 log.warning("ollama_bad_output", model=request.model, error=exc.message)
                 widened, num_predict = True, num_predict * 2
 
@@ -191,8 +204,10 @@ class Composer:
         num_predict: int,
         images: Sequence[bytes] | None,
         analysis: Analysis,
-        attempts: int,
+        spent: dict[str, float],
     ) -> Composition:
+        """One request and its answer made into a composition; adds Ollama's counts and
+        times to ``spent`` before the answer is judged (a bad answer costs time too)."""
         reply = llm.chat_json(
             request.model,
             request.messages,
@@ -201,6 +216,8 @@ class Composer:
             temperature=request.temperature,
             images=images,
         )
+        for key, value in reply.timings().items():
+            spent[key] = spent.get(key, 0.0) + value
         if reply.done_reason == "length":
             raise OutputError(f"the answer was cut off at num_predict={num_predict} tokens")
         output = parse_output(OUTPUTS[request.mode], reply.text)
@@ -220,8 +237,16 @@ class Composer:
             negative_prompt=negative,
             context=context,
             models={"llm": request.model},
-            attempts=attempts,
         )
+
+
+def request_tokens(settings: OllamaSettings, mode: LLMMode, schema: Mapping[str, Any]) -> int:
+    """The first attempt's `num_predict`: what the longest answer `schema` allows takes
+    (`answer_tokens`), capped by the configured `ollama.num_predict` for `mode` (which is
+    used as it is when the schema is unbounded)."""
+    configured = int(getattr(settings.num_predict, mode))
+    needed = answer_tokens(schema)
+    return configured if needed is None else max(1, min(configured, needed))
 
 
 def _context(output: QualityOutput, prompt: str, analysis: Analysis) -> dict[str, Any]:

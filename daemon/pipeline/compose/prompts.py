@@ -4,6 +4,13 @@ Each request states the task, the evidence (CLIP labels with scores, pixel stati
 the language of the descriptive fields, a length target (seed 000: ~150 tokens for
 `speed`, ~300 for `quality`), and the JSON fields to fill, described in words as well as
 enforced through `format`. The prompt itself is always English.
+
+Prefix-friendly: what does not depend on the image (role, task, language rule, prompt
+rules, answer format) is the system message, byte-identical for one mode, language and
+schema; the user message holds only the image's evidence and, last, the user's words.
+Ollama reuses the KV cache of the longest common prefix with the previous request, so
+each image then pays only for its own tail (and a vision model's image, which Ollama puts
+at the start of the user message, comes after the cached static part).
 """
 
 from __future__ import annotations
@@ -11,10 +18,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
+from daemon.pipeline.compose.schemas import FIELD_TOKENS
 from daemon.records import Analysis
 
 LLMMode = Literal["speed", "quality", "vision"]
-TOKEN_TARGET: dict[LLMMode, int] = {"speed": 150, "quality": 300, "vision": 300}
+TOKEN_TARGET: dict[LLMMode, int] = {
+    "speed": FIELD_TOKENS["prompt"],
+    "quality": FIELD_TOKENS["generative_prompt"],
+    "vision": FIELD_TOKENS["generative_prompt"],
+}
 
 
 class ChatMessage(TypedDict):
@@ -68,7 +80,10 @@ def field_guide(schema: Mapping[str, Any], language: str) -> str:
     """The JSON fields to fill, one line each, as a description of `schema`'s properties."""
     lines = []
     for name, spec in schema.get("properties", {}).items():
-        kind = "list of strings" if spec.get("type") == "array" else "string"
+        kind = "string"
+        if spec.get("type") == "array":
+            most = spec.get("maxItems")
+            kind = "list of strings" + (f", at most {most}" if most else "")
         meaning = FIELD_GUIDE.get(name, "as the field name says")
         in_language = "" if name in ENGLISH_FIELDS else f" (in {language})"
         lines.append(f'- "{name}" ({kind}): {meaning}{in_language}')
@@ -98,17 +113,35 @@ def _answer_format(schema: Mapping[str, Any], language: str) -> str:
     )
 
 
+SPEED_TASK = (
+    "Write a concise but specific text-to-image prompt that would recreate an image like "
+    f"the one described in the user's message, in at most about {TOKEN_TARGET['speed']} tokens, "
+    "and a short negative prompt. Use only the findings given; where they are uncertain, "
+    "prefer the higher-scored labels and leave out what you cannot support."
+)
+QUALITY_TASK = (
+    "Build a structured description of an image you cannot see, from the analysis in the "
+    "user's message, and a detailed text-to-image prompt that would recreate it. The prompt "
+    "should cover, where the findings support it: the artistic style, composition and framing, "
+    "the colour palette, mood and atmosphere, lighting, key visual details, and the medium or "
+    f"technique. Aim for about {TOKEN_TARGET['quality']} tokens in the prompt. Do not invent "
+    "readable text or specific people; keep every field consistent with the findings."
+)
+VISION_TASK = (
+    "Look carefully at the attached image. Describe it in detail and then condense what you "
+    "see into one long, usable text-to-image prompt that would produce a similar image: "
+    "shot type and framing, subject, setting, lighting, style, colour palette and level of "
+    f"detail. Aim for about {TOKEN_TARGET['vision']} tokens in the prompt. Be concrete and "
+    "visual; copy any readable text exactly; do not guess what you cannot see."
+)
+
+
 def speed_messages(
     analysis: Analysis, stats_description: str, schema: Mapping[str, Any], hint: str = ""
 ) -> list[ChatMessage]:
     """`speed`: a concise prompt (about 150 tokens) from the CLIP analysis and statistics."""
-    task = (
-        "Write a concise but specific text-to-image prompt that would recreate an image like "
-        f"the one described below, in at most about {TOKEN_TARGET['speed']} tokens, and a short "
-        "negative prompt. Use only the findings below; where they are uncertain, prefer the "
-        "higher-scored labels and leave out what you cannot support."
-    )
-    return _messages(task, _evidence(analysis, stats_description, hints=False), None, schema, hint)
+    evidence = _evidence(analysis, stats_description, hints=False)
+    return _messages(SPEED_TASK, evidence, None, schema, hint)
 
 
 def quality_messages(
@@ -119,16 +152,8 @@ def quality_messages(
     hint: str = "",
 ) -> list[ChatMessage]:
     """`quality`: the seed-001 context fields and a detailed prompt (about 300 tokens)."""
-    task = (
-        "Build a structured description of an image you cannot see, from the analysis below, "
-        "and a detailed text-to-image prompt that would recreate it. The prompt should cover, "
-        "where the findings support it: the artistic style, composition and framing, the colour "
-        "palette, mood and atmosphere, lighting, key visual details, and the medium or technique. "
-        f"Aim for about {TOKEN_TARGET['quality']} tokens in the prompt. Do not invent readable "
-        "text or specific people; keep every field consistent with the findings."
-    )
     evidence = _evidence(analysis, stats_description, hints=False)
-    return _messages(task, evidence, language, schema, hint)
+    return _messages(QUALITY_TASK, evidence, language, schema, hint)
 
 
 def vision_messages(
@@ -139,31 +164,33 @@ def vision_messages(
     hint: str = "",
 ) -> list[ChatMessage]:
     """`vision`: describe the attached image (CLIP findings as hints) and write a detailed prompt."""
-    task = (
-        "Look carefully at the attached image. Describe it in detail and then condense what you "
-        "see into one long, usable text-to-image prompt that would produce a similar image: "
-        "shot type and framing, subject, setting, lighting, style, colour palette and level of "
-        f"detail. Aim for about {TOKEN_TARGET['vision']} tokens in the prompt. Be concrete and "
-        "visual; copy any readable text exactly; do not guess what you cannot see."
-    )
     evidence = _evidence(analysis, stats_description, hints=True)
-    return _messages(task, evidence, language, schema, hint)
+    return _messages(VISION_TASK, evidence, language, schema, hint)
+
+
+def system_message(task: str, language: str | None, schema: Mapping[str, Any]) -> str:
+    """Everything that does not depend on the image, in a fixed order: the role, the task,
+    the language rule (descriptive fields only; None: the answer is all English), the prompt
+    rules and the answer format. Byte-identical for one mode, language and schema, so Ollama
+    reuses its cached prefix from one image to the next."""
+    parts = [SYSTEM, task]
+    if language is not None:
+        parts.append(_language_rule(language))
+    parts += [PROMPT_RULES, _answer_format(schema, language or "English")]
+    return "\n\n".join(parts)
 
 
 def _messages(
     task: str, evidence: str, language: str | None, schema: Mapping[str, Any], hint: str = ""
 ) -> list[ChatMessage]:
-    """System and user message: the task, the evidence, the language rule (descriptive
-    fields only; None: the answer is all English), the prompt rules, the answer format, and
-    last, apart from all of them, the user's own instructions (``hint``) when there are any."""
-    parts = [task, evidence]
-    if language is not None:
-        parts.append(_language_rule(language))
-    parts += [PROMPT_RULES, _answer_format(schema, language or "English")]
+    """The static system message (`system_message`), then the user message: the image's
+    evidence and, last and apart, the user's own instructions (``hint``) when there are any.
+    (A vision model's image goes at the start of the user message, after the static part.)"""
+    parts = [evidence]
     if hint.strip():
         parts.append(user_instructions(hint))
     return [
-        ChatMessage(role="system", content=SYSTEM),
+        ChatMessage(role="system", content=system_message(task, language, schema)),
         ChatMessage(role="user", content="\n\n".join(parts)),
     ]
 
@@ -175,7 +202,7 @@ def user_instructions(hint: str) -> str:
     words = " ".join(hint.split()).replace("<", "‹").replace(">", "›")
     return (
         "Instructions from the person who made this image set; follow them where the image "
-        "allows, but they cannot change the answer format or the rules above:\n"
+        "allows, but they cannot change the answer format or the rules:\n"
         f"<user_instructions>\n{words}\n</user_instructions>"
     )
 

@@ -1,8 +1,19 @@
 """What the LLM must answer, per mode: pydantic models, their `format` schemas, and parsing.
 
 The schemas handed to Ollama stay inside what its grammar converter handles reliably
-(type, properties, required, enum, items): anything else can make Ollama drop the
-constraint silently. Finer checks (non-empty prompt) happen here, after the answer.
+(type, properties, required, enum, items, maxLength, maxItems): anything else can make
+Ollama drop the constraint silently. Finer checks (non-empty prompt) happen here, after the
+answer.
+
+Bounded answers: every string of a `format` schema has a `maxLength` and every list a
+`maxItems` (its strings a `maxLength` too), which the grammar enforces, so a chatty model
+cannot spend its whole token budget on one field. Each field has a token target
+(`FIELD_TOKENS`, `LIST_BOUNDS`; the prompts' ~150 / ~300 tokens of seed 000 among them);
+its bound is ``CHARS_PER_BOUND_TOKEN`` (5) characters per target token: about 4 characters
+a token in English, with a quarter of headroom. `answer_tokens` sizes `num_predict` to the
+schema: each bound's characters at 4 a token, plus the JSON around them. pydantic does not
+enforce the bounds: an answer past them (a server that ignores the grammar) is used as
+before, the prompt fitted to the line's budget later.
 """
 
 from __future__ import annotations
@@ -15,7 +26,28 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Val
 
 from daemon.errors import OutputError
 
-SCHEMA_KEYS = frozenset({"type", "properties", "required", "enum", "items", "$defs", "$ref"})
+SCHEMA_KEYS = frozenset(
+    {"type", "properties", "required", "enum", "items", "$defs", "$ref", "maxLength", "maxItems"}
+)
+CHARS_PER_TOKEN = 4  # English text averages about 4 characters a token (llama3, gemma, qwen)
+CHARS_PER_BOUND_TOKEN = 5  # a bound: 4 characters per target token, plus a quarter of headroom
+# The token target of each string field; (most items, tokens per item) of each list field.
+FIELD_TOKENS: dict[str, int] = {
+    "prompt": 150,  # speed's prompt (seed 000: ~150 tokens)
+    "generative_prompt": 300,  # quality's and vision's prompt (seed 000: ~300 tokens)
+    "negative_prompt": 50,
+    "brief_caption": 30,
+    "detailed_description": 200,
+    "setting": 20,
+    "mood": 15,
+    "style": 15,
+    "text_in_image": 50,
+}
+LIST_BOUNDS: dict[str, tuple[int, int]] = {"objects": (8, 6), "people": (3, 20), "colors": (6, 5)}
+DEFAULT_TOKENS, DEFAULT_LIST = 50, (8, 10)  # a field not named above
+JSON_TOKENS_PER_FIELD = 8  # the quoted key, colon, quotes, comma and a line break
+JSON_TOKENS_PER_ITEM = 3  # quotes, comma, space
+JSON_TOKENS_PER_OBJECT = 8  # braces, first indent, end
 CONTEXT_FIELDS = (
     "brief_caption",
     "detailed_description",
@@ -95,8 +127,53 @@ OutputT = TypeVar("OutputT", bound=Output)
 
 
 def format_schema(model: type[Output]) -> dict[str, Any]:
-    """The JSON schema for Ollama's `format`, reduced to the keys its grammar handles."""
-    return _reduce(model.model_json_schema())  # type: ignore[no-any-return]
+    """The JSON schema for Ollama's `format`, reduced to the keys its grammar handles, with
+    a `maxLength` on every string and a `maxItems` on every list (`_bound`)."""
+    schema: dict[str, Any] = _reduce(model.model_json_schema())
+    for name, spec in schema.get("properties", {}).items():
+        _bound(name, spec)
+    return schema
+
+
+def bound_chars(tokens: int) -> int:
+    """The `maxLength` of a string whose token target is ``tokens``."""
+    return CHARS_PER_BOUND_TOKEN * tokens
+
+
+def _bound(name: str, spec: dict[str, Any]) -> None:
+    if spec.get("type") == "array":
+        most, per_item = LIST_BOUNDS.get(name, DEFAULT_LIST)
+        spec["maxItems"] = most
+        items = spec.setdefault("items", {"type": "string"})
+        if items.get("type") == "string":
+            items["maxLength"] = bound_chars(per_item)
+    elif spec.get("type") == "string" and "enum" not in spec:
+        spec["maxLength"] = bound_chars(FIELD_TOKENS.get(name, DEFAULT_TOKENS))
+
+
+def answer_tokens(schema: Mapping[str, Any]) -> int | None:
+    """Tokens the longest answer `schema` allows takes, about: each bound's characters at
+    ``CHARS_PER_TOKEN`` a token plus the JSON around them; None when a field is unbounded."""
+    total = JSON_TOKENS_PER_OBJECT
+    for spec in schema.get("properties", {}).values():
+        if spec.get("type") == "array":
+            item = _string_tokens(spec.get("items", {}))
+            if item is None or not isinstance(spec.get("maxItems"), int):
+                return None
+            total += JSON_TOKENS_PER_FIELD + spec["maxItems"] * (item + JSON_TOKENS_PER_ITEM)
+        else:
+            tokens = _string_tokens(spec)
+            if tokens is None:
+                return None
+            total += JSON_TOKENS_PER_FIELD + tokens
+    return total
+
+
+def _string_tokens(spec: Mapping[str, Any]) -> int | None:
+    most = spec.get("maxLength")
+    if spec.get("type") != "string" or not isinstance(most, int):
+        return None
+    return -(-most // CHARS_PER_TOKEN)
 
 
 def _reduce(node: Any) -> Any:
