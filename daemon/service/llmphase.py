@@ -7,7 +7,9 @@ together (``GpuLock.covered`` lets the helper threads' requests pass), instead o
 each request: CLIP then waits for the phase, never sharing the GPU with it.
 
 Each helper thread tells the ``Heartbeat`` which image it has in hand under its own slot
-(``promptd-llm_0`` ...), so one request stuck past the limit is still noticed.
+(``promptd-llm_0`` ...), so one request stuck past the limit is still noticed. The
+quarantine's record keeps the whole batch in hand until the phase ends (several images are
+in hand at once), so after a crash each of them is retried alone.
 """
 
 from __future__ import annotations

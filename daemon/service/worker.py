@@ -62,8 +62,6 @@ class Worker:
 
     def _run(self) -> None:
         """Batches from the queue through the pipeline; the next batch is decoded meanwhile."""
-        config = self._live.config
-        batch_size = max(config.clip.batch_size, config.ollama.parallel)
         stop = self._live.stop
         with ThreadPoolExecutor(1, thread_name_prefix="promptd-prefetch") as prefetch:
             ahead: Future[Prepared] | None = None
@@ -74,7 +72,7 @@ class Worker:
                         if stop.is_set():
                             return
                         continue
-                    paths = self._take(batch_size, timeout=0.5)
+                    paths = self._take(timeout=0.5)
                     if paths is None:
                         return
                     if not paths:
@@ -82,7 +80,7 @@ class Worker:
                     ahead = prefetch.submit(self._prepare, paths)
                 prepared = ahead.result()
                 wanted = not stop.is_set() and not self._alone
-                more = self._take(batch_size, timeout=0) if wanted else None
+                more = self._take(timeout=0) if wanted else None
                 ahead = prefetch.submit(self._prepare, more) if more else None
                 self._finish(prepared)
                 if stop.is_set():
@@ -91,9 +89,12 @@ class Worker:
                             self._queue.done(path)
                     return
 
-    def _take(self, batch_size: int, timeout: float) -> list[Path] | None:
-        """A batch from the queue, suspects set aside to be processed alone."""
-        paths = self._queue.get_batch(batch_size, timeout=timeout)
+    def _take(self, timeout: float) -> list[Path] | None:
+        """A batch from the queue (at least ``ollama.parallel`` images, to keep N requests in
+        flight), suspects set aside to be processed alone."""
+        config = self._live.config
+        size = max(config.clip.batch_size, config.ollama.parallel)
+        paths = self._queue.get_batch(size, timeout=timeout)
         if not paths or self._quarantine is None:
             return paths
         suspects = [path for path in paths if self._quarantine.is_suspect(path)]
