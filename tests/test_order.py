@@ -349,3 +349,18 @@ def test_doctor_explains_what_parallel_costs(tmp_path: Path) -> None:
     assert "OLLAMA_NUM_PARALLEL=4" in line.fix
     (line,) = check_parallel(four, {})
     assert "here" not in line.fix
+
+
+def test_the_service_queue_orders_by_each_folders_model(tmp_path: Path) -> None:
+    """`promptd run`'s queue is wired to the folder rules: alternate drops go out grouped."""
+    from daemon.service.daemon import Service
+
+    ctx = make_ctx(tmp_path, f"state_dir: {tmp_path / 'state'}\n")
+    fast, deep = folder(ctx, "fast", None), folder(ctx, "deep", "quality")
+    service = Service(ctx.config, None, {})
+    given = [d / f"{i}.png" for i in range(4) for d in (deep, fast)]
+    for path in given:
+        assert service.queue.put(path)
+    taken = drain(service.queue, batch=2)
+    assert sorted(taken) == sorted(given)
+    assert [p.parent for p in taken] == [deep] * 4 + [fast] * 4
