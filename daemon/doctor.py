@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +35,7 @@ def run_checks(config: Config) -> Iterator[Check]:
     yield Check("ok", "config", str(config.source or "built-in defaults"))
     yield from check_inboxes(config)
     yield from check_ollama(config)
+    yield from check_parallel(config, os.environ)
     yield from check_torch()
     yield from check_clip(config)
     yield from check_api(config)
@@ -103,6 +105,35 @@ def check_ollama(config: Config) -> Iterator[Check]:
             )
         else:
             yield Check("ok", f"model {role}", f"{name} ({', '.join(sorted(caps))})")
+
+
+def check_parallel(config: Config, environ: Mapping[str, str]) -> Iterator[Check]:
+    """What ``ollama.parallel`` costs: each slot is a full context of VRAM, and Ollama must
+    run as many slots (``OLLAMA_NUM_PARALLEL``, 1 by default since Ollama 0.9.7)."""
+    n = config.ollama.parallel
+    ctx = config.ollama.num_ctx
+    context = f"num_ctx {ctx}" if ctx is not None else "the server's default num_ctx"
+    if n == 1:
+        yield Check(
+            "ok",
+            "ollama.parallel",
+            "1 request at a time; more (ollama.parallel: N) needs OLLAMA_NUM_PARALLEL >= N in "
+            f"Ollama's environment and VRAM for N full contexts ({context} each)",
+        )
+        return
+    detail = (
+        f"{n} requests in flight per model: Ollama allocates {n} x {context} of KV cache "
+        "(each slot a full context), which on a small card pushes model layers to the CPU; "
+        "more tokens/s in all, each image slower"
+    )
+    fix = (
+        f"run Ollama with OLLAMA_NUM_PARALLEL={n} or more (otherwise the requests queue inside "
+        f"Ollama); if `ollama ps` shows less than 100% GPU, lower ollama.parallel or num_ctx"
+    )
+    local = environ.get("OLLAMA_NUM_PARALLEL", "").strip()
+    if local.isdigit() and int(local) < n:
+        fix = f"OLLAMA_NUM_PARALLEL is {local} here, below {n}: " + fix
+    yield Check("warn", "ollama.parallel", detail, fix)
 
 
 def _tagged(name: str) -> str:

@@ -280,14 +280,27 @@ def test_clip_analyzer_no_images_returns_empty_without_loading(
 
 
 def test_clip_analyzer_holds_gpu_lock_for_load_and_each_chunk(
-    clip_settings: ClipSettings, tmp_path: Path
+    clip_settings: ClipSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The GPU lock is taken once to load and once per chunk, and released afterwards."""
+    """On a GPU, the GPU lock is taken once to load and once per chunk, and released
+    afterwards (the device is simulated: the tiny model still computes on the CPU)."""
+    monkeypatch.setattr(ClipAnalyzer, "device", property(lambda self: "cuda"))
     lock = CountingLock()
     analyzer = ClipAnalyzer(settings_with(clip_settings, batch_size=2), tmp_path, gpu_lock=lock)
     analyzer.analyze(images())
     assert lock.entered == 1 + 3
     assert not lock.held
+
+
+def test_clip_analyzer_on_the_cpu_takes_no_gpu_turns(
+    clip_settings: ClipSettings, tmp_path: Path
+) -> None:
+    """CLIP on the CPU takes nothing from the LLM's GPU: it never waits for the lock."""
+    lock = CountingLock()
+    analyzer = ClipAnalyzer(settings_with(clip_settings, batch_size=2), tmp_path, gpu_lock=lock)
+    assert analyzer.device == "cpu"
+    assert len(analyzer.analyze(images())) == len(images())
+    assert lock.entered == 0
 
 
 def test_clip_analyzer_second_analyzer_reuses_cached_embeddings(

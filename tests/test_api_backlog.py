@@ -49,4 +49,5 @@ def test_upload_is_answered_ahead_of_a_300_image_folder_backlog(
     assert 0 <= folder_calls_before_ours <= 1
     assert answered - arrived <= 3  # ours, at most one before it, at most one right after
     assert world.view.tally.outcomes["ok"] < 250  # the backlog was far from done
-    assert world.view.live.gpu.priority_acquisitions >= 2  # CLIP and Ollama, both first
+    # Ollama's turn went first; CLIP (the tiny model, on the CPU here) takes no GPU turns.
+    assert world.view.live.gpu.priority_acquisitions >= 1

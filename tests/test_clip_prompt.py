@@ -185,10 +185,12 @@ def test_clip_prompt_phrase_embeddings_are_cached_across_analyzers(
 
 
 def test_clip_prompt_costs_a_few_text_forwards_under_the_gpu_lock(
-    clip_settings: ClipSettings, tmp_path: Path
+    clip_settings: ClipSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Once the tables are loaded, a prompt costs at most chain_steps + 1 text-tower passes
-    (the prompt with its own similarity, then one per step), each under the GPU lock."""
+    (the prompt with its own similarity, then one per step), each under the GPU lock (on a
+    GPU, simulated here: the tiny model computes on the CPU)."""
+    monkeypatch.setattr(ClipAnalyzer, "device", property(lambda self: "cuda"))
     lock = CountingLock()
     analyzer = analyzer_for(clip_settings, tmp_path, TABLES, chain_steps=3, lock=lock)
     (seen,) = analyzer.analyze_embedded(IMAGES[:1])

@@ -24,6 +24,7 @@ _Advance = Callable[[int], object]
 def cmd_process(args: argparse.Namespace) -> int:
     from daemon.pipeline import discover, process_batch
     from daemon.pipeline.backends import build_context
+    from daemon.pipeline.order import by_model
 
     config = load(args)
     configure_logging(config.log.level, config.log.format)
@@ -38,7 +39,7 @@ def cmd_process(args: argparse.Namespace) -> int:
         )
 
     existing = [p for p in args.paths if p.exists() or p.is_symlink()]
-    paths = [p.resolve() for p in discover(existing, config, on_symlink)]
+    paths = by_model([p.resolve() for p in discover(existing, config, on_symlink)], ctx)
     show_bar = not args.no_progress and sys.stderr.isatty()
     started = time.perf_counter()
     results: list[Result] = []

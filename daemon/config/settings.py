@@ -190,6 +190,15 @@ class OllamaSettings(Frozen):
     num_ctx: int | None = Field(
         None, ge=512, description="Context window; unset keeps the server's default"
     )
+    switch_after_s: float = Field(
+        30.0,
+        ge=0,
+        description="Keep using the loaded model until an image for another waits this long "
+        "(0: plain arrival order)",
+    )
+    parallel: int = Field(
+        1, ge=1, le=8, description="Compose requests in flight at once (OLLAMA_NUM_PARALLEL >= it)"
+    )
 
 
 class ImageLimits(Frozen):

@@ -10,7 +10,8 @@ the service only wraps them in its worker.
 - ``compose/``: the Ollama client, messages, answer schemas, text cleaning, modes, fallback.
 - ``write``: the .txt line fitted to the token budget, and the record, through ``daemon.sidecar``
   (``write_quarantined``: the record of an image promptd crashed on twice).
-- ``batch``: the drivers (``prepare_batch``, ``finish_batch``, ``process_batch``).
+- ``batch``: the drivers (``prepare_batch``, ``analyze_prepared``, ``finish_batch``,
+  ``process_batch``); ``order``: which model an image uses, and orders that spare reloads.
 - ``upload``: the same stages for an image that arrives as bytes (the HTTP API), in memory;
   ``keep``: saving an upload and its sidecars into ``api.save_to``.
 - ``context``: what the stages are handed; ``backends``: builds it with real CLIP and Ollama.
@@ -20,16 +21,28 @@ May import: ``daemon.config``, ``daemon.records``, ``daemon.errors``, ``daemon.c
 """
 
 from daemon.pipeline.admit import Admitted, admit, discover, freshness_of, is_candidate
-from daemon.pipeline.batch import Prepared, finish_batch, log_result, prepare_batch, process_batch
+from daemon.pipeline.batch import (
+    ComposeAll,
+    ComposeStep,
+    Prepared,
+    analyze_prepared,
+    finish_batch,
+    log_result,
+    prepare_batch,
+    process_batch,
+)
 from daemon.pipeline.context import Analyzer, Context
 from daemon.pipeline.write import write_quarantined
 
 __all__ = [
     "Admitted",
     "Analyzer",
+    "ComposeAll",
+    "ComposeStep",
     "Context",
     "Prepared",
     "admit",
+    "analyze_prepared",
     "discover",
     "finish_batch",
     "freshness_of",

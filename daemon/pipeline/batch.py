@@ -1,8 +1,10 @@
 """Driving the stages: admit -> load -> analyze -> compose -> write, a few images at a time.
 
 ``prepare_batch`` admits and decodes (CPU only: the daemon runs it ahead of the GPU stages),
-``finish_batch`` runs CLIP over the batch at once, then composes and writes each image;
-``process_batch`` is both. The thin ``load``/``analyze``/``compose`` stage functions hand the
+``analyze_prepared`` runs CLIP over the batch at once (the daemon may run it ahead too),
+``finish_batch`` runs CLIP unless that was done, then composes and writes each image (the
+compose requests may be run several at a time by the caller's ``compose_all``);
+``process_batch`` is all of them. The thin ``load``/``analyze``/``compose`` stage functions hand the
 records to their implementations. One image's failure becomes its result, never the batch's;
 nothing here starts a thread.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -103,11 +105,19 @@ def interrogate(
 
 @dataclass(frozen=True)
 class Prepared:
-    """A batch after admit and load: finished results so far, and the images still to do."""
+    """A batch after admit and load: finished results so far, and the images still to do;
+    after ``analyze_prepared`` also CLIP's analyses of them (``seen``)."""
 
     paths: tuple[Path, ...]
     results: dict[Path, Result]
     work: tuple[tuple[Admitted, LoadedImage, dict[str, float]], ...]
+    seen: tuple[Analyzed, ...] | None = None
+    clip_reason: str | None = None
+    clip_ms: float = 0.0  # per image
+
+
+ComposeStep = Callable[[], Composition | Result]
+ComposeAll = Callable[[Sequence[ComposeStep]], list[Composition | Result]]
 
 
 def prepare_batch(
@@ -136,48 +146,70 @@ def prepare_batch(
     return Prepared(tuple(paths), results, tuple(work))
 
 
+def analyze_prepared(prepared: Prepared, ctx: Context) -> Prepared:
+    """``prepared`` with CLIP's analyses of its images (one batched pass)."""
+    started = time.perf_counter()
+    seen, reason = analyze_embedded([loaded for _, loaded, _ in prepared.work], ctx)
+    share = elapsed_ms(started) / max(len(prepared.work), 1)
+    return replace(prepared, seen=tuple(seen), clip_reason=reason, clip_ms=share)
+
+
 def finish_batch(
     prepared: Prepared,
     ctx: Context,
     *,
     should_write: Callable[[Path], bool] | None = None,
     on_image: Callable[[Path], None] | None = None,
+    compose_all: ComposeAll | None = None,
 ) -> list[Result]:
-    """CLIP over the batch at once, then compose and write each image; one log line each.
+    """CLIP over the batch at once (unless done), then compose and write each image; one
+    log line each.
 
     ``should_write`` is asked just before an image's sidecars are written (a distributed
     worker checks it still holds the image's lock); False skips the write. ``on_image(path)``
-    is called as each image's compose begins (every image before it in the batch is finished
-    by then): the service's progress heartbeat.
+    is called as each image's compose begins: the service's progress heartbeat. Without
+    ``compose_all`` each image is composed and written before the next begins (so every
+    image before it is finished by then); with it, ``compose_all`` runs the batch's compose
+    steps (several at a time, say) and returns their outcomes in order, then each is written.
     """
     results = dict(prepared.results)
-    work = prepared.work
-    started = time.perf_counter()
-    analyses, clip_reason = analyze_embedded([loaded for _, loaded, _ in work], ctx)
-    share = elapsed_ms(started) / max(len(work), 1)
-    for (admitted, loaded, timings), seen in zip(work, analyses, strict=True):
-        timings["analyze"] = share
+    if prepared.seen is None:
+        prepared = analyze_prepared(prepared, ctx)
+    items = list(zip(prepared.work, prepared.seen or (), strict=True))
+    for (_, _, timings), _ in items:
+        timings["analyze"] = prepared.clip_ms
 
-        def finish(
-            a: Admitted = admitted,
-            img: LoadedImage = loaded,
-            s: Analyzed = seen,
-            t: dict[str, float] = timings,
-        ) -> Result:
+    def step(a: Admitted, img: LoadedImage, s: Analyzed, t: dict[str, float]) -> ComposeStep:
+        def composed() -> Composition:
             if on_image is not None:
                 on_image(a.path)
             begun = time.perf_counter()
             composition = compose(img, s.analysis, a.rule, ctx)
             t["compose"] = elapsed_ms(begun)
             t.update(composition.llm_timings)
-            extra = interrogate(s, composition, a.rule, ctx)
-            if extra is not None:
-                t["clip_prompt"] = elapsed_ms(begun) - t["compose"]
-            if should_write is not None and not should_write(a.path):
-                return Result(a.path, "skipped", "lock lost before writing: another worker has it")
-            return write_ok(a, img, s.analysis, composition, clip_reason, t, ctx, clip_prompt=extra)
+            return composition
 
-        results[admitted.path] = _guard(admitted.path, finish)
+        return partial(_guard, a.path, composed)
+
+    def written(
+        a: Admitted, img: LoadedImage, s: Analyzed, t: dict[str, float], c: Composition
+    ) -> Result:
+        begun = time.perf_counter()
+        extra = interrogate(s, c, a.rule, ctx)
+        if extra is not None:
+            t["clip_prompt"] = elapsed_ms(begun)
+        if should_write is not None and not should_write(a.path):
+            return Result(a.path, "skipped", "lock lost before writing: another worker has it")
+        reason = prepared.clip_reason
+        return write_ok(a, img, s.analysis, c, reason, t, ctx, clip_prompt=extra)
+
+    steps = [step(a, img, s, t) for (a, img, t), s in items]
+    outcomes = compose_all(steps) if compose_all is not None else None
+    for i, ((a, img, t), s) in enumerate(items):
+        outcome = outcomes[i] if outcomes is not None else steps[i]()
+        if not isinstance(outcome, Result):
+            outcome = _guard(a.path, partial(written, a, img, s, t, outcome))
+        results[a.path] = outcome
     ordered = [results[p] for p in prepared.paths]
     for result in ordered:
         log_result(result)

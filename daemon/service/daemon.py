@@ -28,6 +28,7 @@ from daemon.config import Config, load_config
 from daemon.dataset.keeper import ManifestKeeper
 from daemon.errors import ConfigError, PromptdError
 from daemon.pipeline.analyze.clip import ClipAnalyzer
+from daemon.pipeline.order import model_for
 from daemon.service.gpulock import GpuLock
 from daemon.service.health import HealthWatch
 from daemon.service.intake import Intake
@@ -81,6 +82,8 @@ class Service:
             on_overflow=lambda: self.intake.request_scan(
                 None, redo_degraded=False, reason="queue full"
             ),
+            classify=lambda path: model_for(path, self.live.ctx),
+            switch_after_s=lambda: self.live.config.ollama.switch_after_s,
         )
         self.producer = self._producer(config, local_worker)
         sink = self.queue if self.producer is None else self.producer.sink

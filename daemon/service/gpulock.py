@@ -14,6 +14,11 @@ holds nobody up. Inside a claim, take no lock that a thread waiting for the GPU 
 a guard against such a mistake, and against a stream of requests starving the folder, folder
 work waits for claims at most ``claim_patience_s`` before it takes its turn anyway (it still
 never shares the GPU: only the order changes).
+
+With ``ollama.parallel`` above 1 the worker holds the lock around a whole LLM phase (the N
+requests of a batch together) and runs the requests on helper threads inside ``covered()``:
+there the lock is already held on their behalf, so their turns pass at once. Such a phase
+takes only LLM requests: CLIP work (clip_prompt) comes after it, with its own turns.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ class GpuLock:
         self.waited_s = 0.0
 
     def __enter__(self) -> GpuLock:
-        if self.exclusive:
+        if self.exclusive and not getattr(self._local, "covered", False):
             self._acquire()
         return self
 
@@ -51,8 +56,24 @@ class GpuLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.exclusive:
+        if self.exclusive and not getattr(self._local, "covered", False):
             self._release()
+
+    @contextlib.contextmanager
+    def covered(self) -> Iterator[None]:
+        """On a helper thread of a holder that waits for it: the block's turns are covered by
+        the holder's, so they pass without taking the lock (for the parallel LLM phase)."""
+        self._local.covered = True
+        try:
+            yield
+        finally:
+            self._local.covered = False
+
+    @property
+    def held(self) -> bool:
+        """Whether some thread holds the lock now."""
+        with self._cond:
+            return self._owner is not None
 
     @contextlib.contextmanager
     def priority(self) -> Iterator[None]:

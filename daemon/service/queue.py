@@ -10,8 +10,12 @@ rewritten during processing is not missed.
 The watcher's thread must never block, so `put` drops the path when the queue is full and
 sets `overflowed`: the filesystem is the truth, and the rescan the service runs after an
 overflow finds the dropped paths again. Scans use `put_wait`, which waits for room instead.
-One Condition guards everything; `clock` (for retry times) is injectable for tests, while
-`timeout`s are real seconds.
+One Condition guards everything; `clock` (for retry times and waits) is injectable for
+tests, while `timeout`s are real seconds.
+
+Ready paths wait in per-model lanes (``lanes``, named by ``classify`` outside the lock) and
+go out model by model, bounded by ``switch_after_s()``; without ``classify``, or at 0 s, in
+arrival order.
 """
 
 from __future__ import annotations
@@ -21,12 +25,12 @@ import itertools
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.errors import ConfigError
+from daemon.service.lanes import Key, Lanes, classify_safely
 
 _MAX_DELAY_S = 86400.0
 _MAX_RETRIES = 20
@@ -74,6 +78,8 @@ class JobQueue:
         schedule: RetrySchedule | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_overflow: Callable[[], None] | None = None,
+        classify: Callable[[Path], Key] | None = None,
+        switch_after_s: Callable[[], float] = lambda: 0.0,
     ) -> None:
         if maxsize < 1:
             raise ConfigError(f"queue size must be at least 1, got {maxsize}")
@@ -82,11 +88,14 @@ class JobQueue:
         self._clock = clock
         self._on_overflow = on_overflow
         self._cond = threading.Condition()
-        self._ready: deque[Path] = deque()
+        self._classify = classify
+        self._switch_after_s = switch_after_s
+        self._ready = Lanes()
+        self._keys: dict[Path, Key] = {}  # the lane of each path queued or in flight
         self._queued: set[Path] = set()  # ready or delayed
         self._in_flight: set[Path] = set()
         self._dirty: set[Path] = set()
-        self._delayed: list[tuple[float, int, Path]] = []
+        self._delayed: list[tuple[float, int, Path]] = []  # (due, seq, path)
         self._seq = itertools.count()
         self._overflowed = False
         self._stopped = False
@@ -104,16 +113,25 @@ class JobQueue:
             return False
         return None
 
-    def _append(self, path: Path) -> None:
-        self._ready.append(path)
+    def _append(self, path: Path, key: Key) -> None:
+        self._keys[path] = key
+        self._ready.append(path, key, self._clock())
         self._queued.add(path)
         self._cond.notify_all()
+
+    def _known(self, path: Path) -> bool | None:
+        with self._cond:
+            return self._admit(path)
 
     def put(self, path: Path) -> bool:
         """Queue `path` without ever blocking; False when it is already queued, in flight
         (then it runs once more after `done`), the queue is stopped, or the queue is full
         (then the path is dropped and `overflowed` is set)."""
         first_overflow = False
+        known = self._known(path)
+        if known is not None:
+            return known
+        key = classify_safely(self._classify, path)
         with self._cond:
             known = self._admit(path)
             if known is not None:
@@ -122,7 +140,7 @@ class JobQueue:
                 first_overflow = not self._overflowed
                 self._overflowed = True
             else:
-                self._append(path)
+                self._append(path, key)
                 return True
         if first_overflow and self._on_overflow is not None:
             self._on_overflow()
@@ -131,6 +149,10 @@ class JobQueue:
     def put_wait(self, path: Path, stop: threading.Event, poll_s: float = 0.1) -> bool:
         """Like `put`, but wait for room when the queue is full (for scans, which may block);
         False if `stop` is set or the queue is stopped first."""
+        known = self._known(path)
+        if known is not None:
+            return known
+        key = classify_safely(self._classify, path)
         with self._cond:
             while True:
                 known = self._admit(path)
@@ -139,7 +161,7 @@ class JobQueue:
                 if stop.is_set():
                     return False
                 if len(self._ready) < self.maxsize:
-                    self._append(path)
+                    self._append(path, key)
                     return True
                 self._cond.wait(poll_s)
 
@@ -162,7 +184,7 @@ class JobQueue:
         now = self._clock()
         while self._delayed and self._delayed[0][0] <= now:
             _, _, path = heapq.heappop(self._delayed)
-            self._ready.append(path)
+            self._ready.append(path, self._keys.get(path), now)
 
     def _wait_ready(self, timeout: float | None) -> bool:
         """With the lock held: wait until a path is ready (True), or timeout or stop (False)."""
@@ -181,18 +203,19 @@ class JobQueue:
                 wait = due_in if wait is None else min(wait, due_in)
             self._cond.wait(wait)
 
-    def _take(self) -> Path:
-        path = self._ready.popleft()
-        self._queued.discard(path)
-        self._in_flight.add(path)
-        return path
+    def _take(self, max_n: int) -> list[Path]:
+        batch = self._ready.take(max_n, self._clock(), self._switch_after_s())
+        for path in batch:
+            self._queued.discard(path)
+            self._in_flight.add(path)
+        return batch
 
     def get(self, timeout: float | None = None) -> Path | None:
         """The next path, now in flight; None on timeout or once the queue is stopped."""
         with self._cond:
             if not self._wait_ready(timeout):
                 return None
-            path = self._take()
+            (path,) = self._take(1)
             self._cond.notify_all()
             return path
 
@@ -202,7 +225,7 @@ class JobQueue:
         with self._cond:
             if not self._wait_ready(timeout):
                 return None if self._stopped else []
-            batch = [self._take() for _ in range(min(max_n, len(self._ready)))]
+            batch = self._take(max_n)
             self._cond.notify_all()
             return batch
 
@@ -210,10 +233,11 @@ class JobQueue:
         """The worker finished `path`; if it was hinted meanwhile, it is queued once more."""
         with self._cond:
             self._in_flight.discard(path)
+            key = self._keys.pop(path, None)
             if path in self._dirty:
                 self._dirty.discard(path)
                 if not self._stopped and path not in self._queued:
-                    self._append(path)
+                    self._append(path, key)
             self._cond.notify_all()
 
     def retry(self, path: Path, attempt: int) -> bool:
@@ -244,6 +268,12 @@ class JobQueue:
         return self._stopped
 
     # --- counts ----------------------------------------------------------------------------
+
+    @property
+    def model_switches(self) -> int:
+        """How often the model of the paths handed out changed."""
+        with self._cond:
+            return self._ready.switches
 
     def __len__(self) -> int:
         """Paths ready for a worker."""

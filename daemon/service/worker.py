@@ -1,7 +1,10 @@
 """The worker thread: batches of paths from the queue through the pipeline.
 
 While one batch is on the GPU (CLIP, then one Ollama call per image), the next batch is
-admitted and decoded on a prefetch thread, so the models never wait for the disk. Every
+admitted and decoded on a prefetch thread, so the models never wait for the disk; when CLIP
+cannot take the GPU from the LLM (``gpu.exclusive`` off, or CLIP on the CPU) the prefetch
+thread runs CLIP over it too, so the LLM's next request never waits for CLIP. With
+``ollama.parallel`` N, a batch's compose requests run N at a time (``llmphase``). Every
 result is counted; a transient failure goes back to the queue on its retry schedule.
 
 Both threads tell the ``Heartbeat`` what they have in hand (the service withholds the
@@ -21,9 +24,11 @@ from pathlib import Path
 
 import structlog
 
-from daemon.pipeline import Prepared, finish_batch, prepare_batch
+from daemon.pipeline import ComposeAll, Prepared, analyze_prepared, finish_batch, prepare_batch
+from daemon.pipeline.order import clip_may_run_ahead
 from daemon.records import Result
 from daemon.service.live import Live
+from daemon.service.llmphase import LlmPhase
 from daemon.service.progress import Heartbeat
 from daemon.service.quarantine import Quarantine
 from daemon.service.queue import JobQueue
@@ -57,7 +62,6 @@ class Worker:
 
     def _run(self) -> None:
         """Batches from the queue through the pipeline; the next batch is decoded meanwhile."""
-        batch_size = self._live.config.clip.batch_size
         stop = self._live.stop
         with ThreadPoolExecutor(1, thread_name_prefix="promptd-prefetch") as prefetch:
             ahead: Future[Prepared] | None = None
@@ -68,7 +72,7 @@ class Worker:
                         if stop.is_set():
                             return
                         continue
-                    paths = self._take(batch_size, timeout=0.5)
+                    paths = self._take(timeout=0.5)
                     if paths is None:
                         return
                     if not paths:
@@ -76,7 +80,7 @@ class Worker:
                     ahead = prefetch.submit(self._prepare, paths)
                 prepared = ahead.result()
                 wanted = not stop.is_set() and not self._alone
-                more = self._take(batch_size, timeout=0) if wanted else None
+                more = self._take(timeout=0) if wanted else None
                 ahead = prefetch.submit(self._prepare, more) if more else None
                 self._finish(prepared)
                 if stop.is_set():
@@ -85,9 +89,12 @@ class Worker:
                             self._queue.done(path)
                     return
 
-    def _take(self, batch_size: int, timeout: float) -> list[Path] | None:
-        """A batch from the queue, suspects set aside to be processed alone."""
-        paths = self._queue.get_batch(batch_size, timeout=timeout)
+    def _take(self, timeout: float) -> list[Path] | None:
+        """A batch from the queue (at least ``ollama.parallel`` images, to keep N requests in
+        flight), suspects set aside to be processed alone."""
+        config = self._live.config
+        size = max(config.clip.batch_size, config.ollama.parallel)
+        paths = self._queue.get_batch(size, timeout=timeout)
         if not paths or self._quarantine is None:
             return paths
         suspects = [path for path in paths if self._quarantine.is_suspect(path)]
@@ -98,15 +105,25 @@ class Worker:
         if self._quarantine is not None:
             self._quarantine.hold(paths)
         self.heartbeat.begin("prefetch", f"{paths[0]} (decoding {len(paths)} image(s))")
+        ctx = self._live.ctx
         try:
-            prepared = prepare_batch(
-                paths, self._live.ctx, redo_degraded=self._live.ollama_up is not False
-            )
+            prepared = prepare_batch(paths, ctx, redo_degraded=self._live.ollama_up is not False)
+            if prepared.work and clip_may_run_ahead(ctx):
+                self.heartbeat.begin("prefetch", f"{paths[0]} (CLIP over {len(prepared.work)})")
+                prepared = self._clip_ahead(prepared)
         finally:
             self.heartbeat.end("prefetch")
         if self._quarantine is not None:
             self._quarantine.release(prepared.results)  # finished already: skipped, errors
         return prepared
+
+    def _clip_ahead(self, prepared: Prepared) -> Prepared:
+        """CLIP over the batch now, ahead of the LLM; on a bug, left to ``finish_batch``."""
+        try:
+            return analyze_prepared(prepared, self._live.ctx)
+        except Exception:
+            log.exception("clip_ahead_crashed", paths=[str(p) for p in prepared.paths])
+            return prepared
 
     def _finish(self, prepared: Prepared) -> None:
         """The GPU stages for one prepared batch, then every result recorded."""
@@ -118,11 +135,19 @@ class Worker:
                 self._quarantine.release(finished)  # the ones before it are written
             finished[:] = [path]
 
+        parallel = self._live.config.ollama.parallel
+        phase = LlmPhase(self._live.gpu, self.heartbeat, parallel) if parallel > 1 else None
+        compose_all: ComposeAll | None = phase
         if prepared.work:
             first = prepared.work[0][0].path
             self.heartbeat.begin("worker", f"{first} (CLIP over {len(prepared.work)} image(s))")
         try:
-            results = finish_batch(prepared, self._live.ctx, on_image=on_image)
+            results = finish_batch(
+                prepared,
+                self._live.ctx,
+                on_image=on_image if phase is None else phase.on_image,
+                compose_all=compose_all,
+            )
         except Exception:  # keep serving; the paths stay pending on disk
             log.exception("batch_crashed", paths=[str(p) for p in prepared.paths])
             results = [Result(p, "failed", "internal error") for p in prepared.paths]

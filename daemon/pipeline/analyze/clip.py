@@ -199,8 +199,11 @@ class ClipAnalyzer:
     # --- loading ---------------------------------------------------------------------------
 
     def gpu(self) -> contextlib.AbstractContextManager[object]:
-        """The GPU lock shared with Ollama (a no-op without one), for every forward pass."""
-        return self._gpu_lock if self._gpu_lock is not None else contextlib.nullcontext()
+        """The GPU lock shared with Ollama, for every forward pass (a no-op without one, and
+        on the CPU, where CLIP takes nothing from the LLM's GPU and may run beside it)."""
+        if self._gpu_lock is None or self.device == "cpu":
+            return contextlib.nullcontext()
+        return self._gpu_lock
 
     def _ensure_loaded(self) -> _Loaded:
         state = self._state
