@@ -34,7 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 _PIECE = re.compile(r"\w+|[^\w\s]")
@@ -116,6 +116,7 @@ class Charge:
     same_model_prefix: int  # tokens shared with the previous request for the same model
     started: float  # time.monotonic() when it was admitted
     ended: float
+    tokens: tuple[str, ...] = field(default=(), repr=False, compare=False)  # the prompt's
 
     @property
     def prefilled(self) -> int:
@@ -226,7 +227,7 @@ class CostModel:
         queued_s = max(0.0, waited) / self.speed if self.speed > 0 else 0.0
         charge = Charge(
             model, slot, len(tokens), cached, decoded, load_s, prefill_s, decode_s,
-            queued_s, same, admitted, ended,
+            queued_s, same, admitted, ended, tuple(tokens),
         )  # fmt: skip
         with self._cond:
             self._busy[slot] = False
