@@ -257,7 +257,8 @@ def report(result: dict[str, Any]) -> str:
                 "0 overlapping, 0 errors" if run["exclusive"] else "(overlap expected)",
             )
         )
-    lines = [f"GPU check on {result['device_name']} (cap {result['vram_cap_gb']} GB)"]
+    cap = result["vram_cap_gb"]
+    lines = [f"GPU check on {result['device_name']}" + (f" (capped at {cap} GB)" if cap else "")]
     lines += [f"{a:<38}{b:<70}{g}" for a, b, g in rows]
     for run in result["contention"]:
         lines += [f"  error: {e}" for e in run["errors"]]
