@@ -151,6 +151,18 @@ def bounded_switches(
     return left, could
 
 
+def busy_s(charges: Sequence[Charge], scale: float) -> float:
+    """Wall seconds in which the modelled runner was loading or serving a request (the union of
+    the requests' intervals, each from the start of the load it paid)."""
+    spans = sorted((c.started - c.load_s * scale, c.ended) for c in charges)
+    total, reach = 0.0, float("-inf")
+    for start, end in spans:
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
 def prefix_shares(charges: Sequence[Charge]) -> list[float]:
     """For each request after a model's first, the share of its prompt tokens identical to
     (a common prefix with) the previous request for the same model, in arrival order."""
@@ -213,6 +225,7 @@ def one_run(
         "decoded": decoded,
         "model_s": round(cost.seconds(loads, prefilled, decoded), 1),
         "wall_s": round(wall_s, 2),
+        "llm_busy_s": round(busy_s(charges, args.scale), 2),
         "limit": {
             "prefilled": int(bound["prefilled"]),
             "decoded": int(bound["decoded"]),
@@ -252,6 +265,7 @@ def report(result: Mapping[str, Any]) -> str:
         ("decoded tokens / limit", [cell(r, r["decoded"], r["limit"]["decoded"], ",") for r in runs.values()], "-"),
         ("model time s / limit", [cell(r, r["model_s"], r["limit"]["model_s"], ".1f") for r in runs.values()], "-"),
         ("wall s / limit x scale", [cell(r, r["wall_s"], r["limit"]["wall_s"], ".2f") for r in runs.values()], f"<= {GOALS['wall_ratio']:.2f}x"),
+        ("LLM idle s (wall - busy)", [f"{r['wall_s'] - r['llm_busy_s']:.2f} of {r['wall_s']:.2f}" for r in runs.values()], "-"),
         ("prefix share, mean / p10", [f"{r['prefix_share_mean']:.0%} / {r['prefix_share_p10']:.0%}" for r in runs.values()], f">= {GOALS['prefix_share']:.0%}"),
         ("goals met", [", ".join(k for k, v in verdicts(r).items() if v) or "none" for r in runs.values()], ""),
     ]  # fmt: skip

@@ -44,3 +44,13 @@ def test_keys_unknown_to_the_settings_are_not_written_and_say_so(monkeypatch):
     monkeypatch.setattr(llm_bench, "settings_have", lambda name: True)
     assert llm_bench.ollama_keys(0.0, 2) == ({"switch_after_s": 0.0, "parallel": 2}, "")
     assert llm_bench.ollama_keys(None, 1) == ({"parallel": 1}, "")  # None: the default
+
+
+def test_busy_time_is_the_union_of_requests_and_the_loads_they_paid():
+    """Overlapping requests count once; a request's load (times the scale) comes before it."""
+    spans = [
+        Charge("a", 0, 1, 0, 1, 10.0, 0.0, 0.0, 0.0, 0, 2.0, 3.0),  # load 10 model s: 1.0-2.0
+        Charge("a", 1, 1, 0, 1, 0.0, 0.0, 0.0, 0.0, 0, 2.5, 4.0),  # overlaps the first
+        Charge("b", 0, 1, 0, 1, 0.0, 0.0, 0.0, 0.0, 0, 6.0, 7.0),
+    ]
+    assert llm_bench.busy_s(spans, scale=0.1) == pytest.approx(3.0 + 1.0)
