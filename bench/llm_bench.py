@@ -17,8 +17,9 @@ out):
 
 - loads, prefilled tokens, decoded tokens, wall time (first copy to the last .json's mtime);
 - the limit: what the cost model charges for the unavoidable work (one load per distinct
-  model, each prompt less its longest common prefix with any earlier prompt for that model,
-  every decoded token), in model seconds and, times the scale, wall seconds;
+  model, each prompt less the prefix it shares with the previous prompt for that model, i.e.
+  a one-slot cache that is never lost, every decoded token), in model seconds and, times the
+  scale, wall seconds; beside it, the prefill a cache holding every earlier prompt could reach;
 - the share of each prompt identical to the previous request for the same model (the
   recorded requests' common token prefix), mean and 10th percentile.
 
@@ -208,7 +209,9 @@ def one_run(
     loads = cost.loads - loads_before
     prefilled = sum(c.prefilled for c in charges)
     decoded = sum(c.decoded for c in charges)
-    bound = limit(((c.model, c.tokens, c.decoded) for c in charges), GPU_4GB)
+    requests = [(c.model, c.tokens, c.decoded) for c in charges]
+    bound = limit(requests, GPU_4GB)
+    any_bound = limit(requests, GPU_4GB, reuse="any")
     after = switch_after_wall_s if switch_after_wall_s is not None else default_switch_after()
     left, could = bounded_switches(charges, burst_start, after)
     shares = prefix_shares(charges)
@@ -231,6 +234,7 @@ def one_run(
             "decoded": int(bound["decoded"]),
             "model_s": round(bound["model_s"], 1),
             "wall_s": round(bound["model_s"] * args.scale, 2),
+            "prefilled_any_earlier": int(any_bound["prefilled"]),
         },
         "prefix_share_mean": round(statistics.fmean(shares), 3) if shares else 0.0,
         "prefix_share_p10": round(percentile(shares, 10), 3) if shares else 0.0,
@@ -287,7 +291,9 @@ def report(result: Mapping[str, Any]) -> str:
             f"{run['switch_after_s'] / result['scale']:.0f} model s), "
             f"{run['requests']} requests, mean prompt {run['mean_prompt_tokens']} tokens, mean "
             f"answer {run['mean_decoded_tokens']} tokens, switches with work left "
-            f"{run['switches_with_work_left']}" + (f"; NOTE: {run['note']}" if run["note"] else "")
+            f"{run['switches_with_work_left']}, prefilled if every earlier prompt were "
+            f"cached {run['limit']['prefilled_any_earlier']:,}"
+            + (f"; NOTE: {run['note']}" if run["note"] else "")
         )
     lines.append(
         "The times are the cost model's (a model of the hardware, not a measurement); the "

@@ -35,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 _PIECE = re.compile(r"\w+|[^\w\s]")
 
@@ -259,24 +259,33 @@ class CostModel:
 
 
 def limit(
-    requests: Iterable[tuple[str, Sequence[str], int]], hardware: Hardware
+    requests: Iterable[tuple[str, Sequence[str], int]],
+    hardware: Hardware,
+    *,
+    reuse: Literal["previous", "any"] = "previous",
 ) -> dict[str, float]:
-    """The unavoidable work of ``requests`` (model, prompt tokens, decoded tokens): one load per
-    distinct model, each prompt less its longest common prefix with any earlier prompt for the
-    same model (perfect reuse; at least one token), every decoded token; and its model seconds."""
+    """The unavoidable work of ``requests`` (model, prompt tokens, decoded tokens, in order):
+    one load per distinct model, each prompt less the prefix it shares with the previous
+    prompt for the same model (a one-slot cache that is never lost; ``reuse="any"``: with any
+    earlier prompt for that model, what a cache holding them all could reuse), at least one
+    token each, and every decoded token; with its model seconds."""
     seen: dict[str, list[tuple[str, ...]]] = {}
+    last: dict[str, tuple[str, ...]] = {}
     prefilled = decoded = 0
     for model, tokens, out in requests:
         earlier = seen.setdefault(model, [])
         key = tuple(tokens)
-        at = bisect.bisect_left(earlier, key)
-        # the longest common prefix with a set of sequences is with a sorted-order neighbour
-        best = max((common_prefix(earlier[i], key) for i in (at - 1, at) if 0 <= i < len(earlier)),
-                   default=0)  # fmt: skip
+        if reuse == "previous":
+            best = common_prefix(last[model], key) if model in last else 0
+        else:  # the longest common prefix with a set of sequences is with a sorted neighbour
+            at = bisect.bisect_left(earlier, key)
+            near = [earlier[i] for i in (at - 1, at) if 0 <= i < len(earlier)]
+            best = max((common_prefix(other, key) for other in near), default=0)
+            earlier.insert(at, key)
+        last[model] = key
         prefilled += max(1, len(key) - best)
         decoded += out
-        earlier.insert(at, key)
-    loads = len(seen)
+    loads = len(last)
     seconds = (
         loads * hardware.load_s
         + prefilled / hardware.prefill_tok_s

@@ -133,7 +133,8 @@ def test_a_switch_waits_for_the_requests_in_flight_and_blocks_those_behind_it():
 
 
 def test_limit_counts_one_load_per_model_and_perfect_prefix_reuse():
-    """The limit: a load per distinct model, each prompt less its best earlier prefix."""
+    """The limit: a load per distinct model, each prompt less the prefix it shares with the
+    previous one for that model (or, with reuse="any", with the best earlier one)."""
     static = [f"s{i}" for i in range(30)]
     requests = [
         ("a", _tokens(*static, "1"), 7),
@@ -146,6 +147,9 @@ def test_limit_counts_one_load_per_model_and_perfect_prefix_reuse():
     assert bound["prefilled"] == 32 + 3 + 2 + 2
     assert bound["decoded"] == 24
     assert bound["model_s"] == pytest.approx(2 * 2.0 + 39 / 100 + 24 / 10)
+    requests.append(("a", _tokens(*static, "3"), 7))  # its best match is two prompts back
+    assert limit(requests, SMALL)["prefilled"] == 39 + 22  # shares 10 with the one before
+    assert limit(requests, SMALL, reuse="any")["prefilled"] == 39 + 2
 
 
 def test_presets_follow_the_reference_figures():
