@@ -17,6 +17,8 @@ BENCHES: dict[str, str] = {
     "api": "bench.api_bench",  # POST /api/images/analyze vs the pipeline, idle and with a backlog
     "training": "bench.training_bench",  # clip_prompt vs the plain CLIP stage; manifest rebuilds
     "hostile": "bench.hostile_bench",  # each class of hostile input vs a plain image: time, RSS
+    "llm": "bench.llm_bench",  # modelled 4 GB GPU: loads, prefill, decode; arrival vs model order
+    "gpu": "bench.gpu_check",  # CUDA only: CLIP B/32 fp16 VRAM and speed, the GPU lock vs an LLM
 }
 
 

@@ -12,6 +12,12 @@ the first `promptd-test-image:NAME` in its messages, e.g. from a folder's `hint`
 started and ended), and `on_call(marker)` runs as a call starts: tests use it to kill a worker
 at a chosen image.
 
+Every final chunk (and non-streamed answer) carries Ollama's timing fields: `load_duration`,
+`prompt_eval_count`, `prompt_eval_duration`, `eval_count`, `eval_duration`, `total_duration`
+(nanoseconds). Without a cost model they are small fixed values (a warm model); with
+`cost=CostModel(...)` (tests/fake_cost.py) each model call waits its modelled time (loads,
+prefill of the uncached prompt, decode) and reports that model's exact counts and times.
+
 Fault switches are plain attributes, safe to change while it runs: `delay_s`, `missing`,
 `busy_count`, `drop_count`, `error_mid_stream`, `truncate`, `reply_override`, `replies`;
 `down()` closes the listening socket and every open connection, `up()` listens again on the
@@ -42,6 +48,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.fake_cost import CostModel, output_tokens, prompt_tokens
 from tests.fake_ollama_wire import (
     RecordedRequest,
     RequestProblem,
@@ -173,6 +180,7 @@ class FakeOllama:
         *,
         version: str = "0.12.3",
         vision_error_models: Iterable[str] = ("gemma3:1b",),
+        cost: CostModel | None = None,
     ) -> None:
         source = DEFAULT_MODELS if models is None else models
         self.models: dict[str, tuple[str, ...]] = {
@@ -184,6 +192,7 @@ class FakeOllama:
         self.calls: list[ModelCall] = []
         self.on_call: Callable[[str | None], None] | None = None
         self.loaded: dict[str, float] = {}  # model -> keep_alive seconds
+        self.cost = cost  # None: answers at once, with small fixed timings
         # fault switches
         self.delay_s = 0.0
         self.missing: set[str] = set()
@@ -429,13 +438,15 @@ class FakeOllama:
         text, reason = self._answer(
             asked, format_, options, blind=bool(images) and "vision" not in caps
         )
+        timings = self._charge(name, body, chat=chat, text=text)
         self.loaded[name] = keep_alive
         if keep_alive == 0:
             self.loaded.pop(name, None)
         thinking = "Considering the request." if "thinking" in caps and think is not False else ""
         reply = _Reply(
-            model, chat, text, reason, thinking, token_count(asked), raw=bool(body.get("raw"))
-        )
+            model, chat, text, reason, thinking, token_count(asked), raw=bool(body.get("raw")),
+            timings=timings,
+        )  # fmt: skip
         if body.get("stream", True) is False:
             if self.error_mid_stream:
                 raise RequestProblem(500, self.error_mid_stream)
@@ -462,7 +473,40 @@ class FakeOllama:
         with contextlib.suppress(OSError):  # the client stopped reading: what endless awaits
             _send_stream(h, counted())
 
+    def _charge(
+        self, name: str, body: Mapping[str, Any], *, chat: bool, text: str
+    ) -> dict[str, int] | None:
+        """Run the cost model for this request (sleeping its time); its timing fields."""
+        if self.cost is None:
+            return None
+        if chat:
+            messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+        else:
+            system = [{"role": "system", "content": body["system"]}] if body.get("system") else []
+            user = {
+                "role": "user",
+                "content": body.get("prompt") or "",
+                "images": body.get("images"),
+            }
+            messages = [*system, user]
+        images = {
+            index: [go_b64decode(str(image)) for image in message.get("images") or []]
+            for index, message in enumerate(messages)
+        }
+        tokens = prompt_tokens(messages, images, self.cost.hardware.image_tokens)
+        charge = self.cost.run(name, tokens, output_tokens(text))
+        with self._lock:
+            for other in [m for m in self.loaded if m != name]:
+                self.loaded.pop(other)  # one resident model at a time
+        return charge.fields()
+
     def _load(self, h: _Handler, name: str, keep_alive: float, *, chat: bool) -> None:
+        extra: dict[str, int] = {}
+        if self.cost is not None and keep_alive != 0:
+            load_s = self.cost.load(name)
+            extra = {"load_duration": round(max(load_s, 0.004) * 1e9)}
+            with self._lock:
+                self.loaded.clear()
         if keep_alive == 0:
             self.loaded.pop(name, None)
             reason = "unload"
@@ -473,7 +517,14 @@ class FakeOllama:
         _send_json(
             h,
             200,
-            {"model": name, "created_at": _now(), **empty, "done": True, "done_reason": reason},
+            {
+                "model": name,
+                "created_at": _now(),
+                **empty,
+                "done": True,
+                "done_reason": reason,
+                **extra,
+            },
         )
 
     def _answer(
@@ -540,6 +591,7 @@ class _Reply:
     thinking: str
     prompt_tokens: int
     raw: bool
+    timings: Mapping[str, int] | None = None  # the cost model's; None: small fixed ones
 
     def _piece(self, content: str, thinking: str = "") -> dict[str, Any]:
         if self.chat:
@@ -550,17 +602,15 @@ class _Reply:
     def _final(self) -> dict[str, Any]:
         evals = token_count(self.text)
         extra = {} if self.chat or self.raw else {"context": [1, 2, 3]}
-        return {
-            "done": True,
-            "done_reason": self.done_reason,
-            **extra,
-            "total_duration": 1_200_000_000 + evals * 20_000_000,
-            "load_duration": 50_000_000,
+        timings = self.timings or {
+            "total_duration": 160_000_000 + max(1, evals) * 20_000_000,
+            "load_duration": 4_000_000,  # warm: a few ms, as the real server reports
             "prompt_eval_count": self.prompt_tokens,
             "prompt_eval_duration": 100_000_000,
             "eval_count": evals,
             "eval_duration": max(1, evals) * 20_000_000,
         }
+        return {"done": True, "done_reason": self.done_reason, **extra, **timings}
 
     def whole(self) -> dict[str, Any]:
         head = {"model": self.model, "created_at": _now()}
