@@ -4,7 +4,7 @@
 `/api/generate` on 127.0.0.1 (a free port) over HTTP/1.1 with keep-alive, as the real server
 does. It streams NDJSON unless `stream` is false, answers a JSON-schema `format` with a
 schema-valid instance built from the words of the request (labels written as
-`label (0.91)` first, so a test can see its analysis reached the model), honours
+`label 91%` first, so a test can see its analysis reached the model), honours
 `num_predict` (about four characters a token) and records every request.
 
 Each model call is also logged in `calls` (`ModelCall`: the marker of the image it is for,

@@ -127,7 +127,7 @@ def keep_alive_seconds(value: Any) -> float:
     return float("inf") if text.startswith("-") else total
 
 
-_SCORED = re.compile(r"([A-Za-z][\w' \-]{1,60}?)\s*\(\s*\d+(?:\.\d+)?\s*%?\s*\)")
+_SCORED = re.compile(r"([A-Za-z][\w' \-]{1,60}?)\s*(?:\(\s*\d+(?:\.\d+)?\s*%?\s*\)|\b\d{1,3}%)")
 _STOP_WORDS = """
     all and any are but can for has its may not one the two use was you about above after also
     answer anything around based been before being best between both could detailed describe
@@ -140,7 +140,7 @@ _STOP = frozenset(_STOP_WORDS.split())
 
 
 def request_words(text: str) -> list[str]:
-    """Phrases to answer with: scored labels (`label (0.91)`) first, then the other plain words."""
+    """Phrases to answer with: scored labels (`label 91%` or `label (0.91)`) first, then the other plain words."""
     phrases: list[str] = []
     for match in _SCORED.finditer(text):
         phrase = " ".join(match.group(1).split())

@@ -245,7 +245,7 @@ def test_build_messages_carry_labels_stats_language_and_fields():
     schema = format_schema(QualityOutput)
     system, user = build_messages("quality", ANALYSIS, STATS, "Spanish", schema)
     assert system["role"] == "system" and user["role"] == "user"
-    assert "lighthouse (0.80)" in user["content"] and "cool tones (0.70)" in user["content"]
+    assert "lighthouse 80%" in user["content"] and "cool tones 70%" in user["content"]
     assert STATS in user["content"] and "Spanish" in system["content"]
     assert all(f'"{name}"' in system["content"] for name in schema["properties"])
     assert "300 tokens" in system["content"]
@@ -279,7 +279,7 @@ def test_build_messages_hint_comes_last_fenced_apart_from_evidence_and_rules(mod
     system, user = build_messages(mode, ANALYSIS, STATS, "English", schema, hint)
     content = user["content"]
     fenced = content.index(f"<user_instructions>\n{hint}\n</user_instructions>")
-    for earlier in ("lighthouse (0.80)", STATS):
+    for earlier in ("lighthouse 80%", STATS):
         assert content.index(earlier) < fenced
     assert "Rules for the prompt" in system["content"] and "Answer with a JSON" in system["content"]
     assert "user_instructions" not in system["content"]
@@ -500,7 +500,7 @@ def test_speed_mode_prompt_is_clean_and_built_from_the_analysis(fake_ollama):
     assert_clean_line(result.prompt)
     assert "lighthouse" in result.prompt and result.negative_prompt
     (body,) = fake_ollama.bodies()
-    assert body["model"] == "llama3.2:latest" and "lighthouse (0.80)" in user_text(body)
+    assert body["model"] == "llama3.2:latest" and "lighthouse 80%" in user_text(body)
     assert body["format"] == format_schema(SpeedOutput)
     assert body["options"]["num_predict"] == SPEED_TOKENS and body["options"]["temperature"] == 0.5
 
@@ -516,7 +516,7 @@ def test_quality_mode_context_has_the_ten_seed_fields(fake_ollama):
     QualityOutput.model_validate({**result.context, "negative_prompt": result.negative_prompt})
     assert_clean_line(result.prompt)
     (body,) = fake_ollama.bodies()
-    assert "Spanish" in body["messages"][0]["content"] and "oil painting (0.62)" in user_text(body)
+    assert "Spanish" in body["messages"][0]["content"] and "oil painting 62%" in user_text(body)
 
 
 def test_vision_mode_sends_exactly_one_jpeg_to_the_vision_model_only(fake_ollama):

@@ -81,7 +81,7 @@ def test_static_part_is_byte_identical_from_one_image_to_the_next(mode: str) -> 
     a, b = first[1]["content"], second[1]["content"]
     shared = common_prefix(a, b)
     assert shared and "lighthouse" not in shared and "cat" not in shared
-    assert a.index("lighthouse (0.80)") < a.index(STATS_A) < a.index(HINT)
+    assert a.index("lighthouse 80%") < a.index(STATS_A) < a.index(HINT)
     assert a.rstrip().endswith("</user_instructions>") and b.rstrip().endswith(
         "</user_instructions>"
     )

@@ -67,11 +67,15 @@ PROMPT_RULES = (
 
 
 def format_analysis(analysis: Analysis) -> str:
-    """CLIP findings as lines like `style: oil painting (0.62), watercolor (0.21)`."""
+    """CLIP findings as lines like `style: oil painting 62%, watercolor 21%`.
+
+    Whole percentages, not `(0.62)`: the findings are the part of the prompt that changes
+    from one image to the next, so every token they save is prefill saved on every image
+    (about half per score with common tokenizers)."""
     lines = []
     for category, ranked in analysis.items():
         if ranked:
-            labels = ", ".join(f"{s.label} ({s.score:.2f})" for s in ranked)
+            labels = ", ".join(f"{s.label} {round(s.score * 100)}%" for s in ranked)
             lines.append(f"- {category.replace('_', ' ')}: {labels}")
     return "\n".join(lines)
 
