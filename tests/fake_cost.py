@@ -33,7 +33,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -202,6 +202,20 @@ class CostModel:
 
     def run(self, model: str, tokens: list[str], decoded: int) -> Charge:
         """Serve one request of ``tokens`` answering ``decoded`` tokens; sleeps its time."""
+        steps = self.stream(model, tokens, decoded, 0)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                charge: Charge = done.value
+                return charge
+
+    def stream(
+        self, model: str, tokens: list[str], decoded: int, pieces: int
+    ) -> Generator[None, None, Charge]:
+        """``run`` as the real server streams: the load and prefill are slept, then the decode
+        time is spread over ``pieces`` yields (send one answer piece after each), and the
+        charge is the generator's return value. The slot stays busy until it returns."""
         slot, load_s, arrived = self._admit(model)
         admitted = time.monotonic()
         hw = self.hardware
@@ -221,7 +235,19 @@ class CostModel:
         share = (1 + hw.parallel_gain * (busy - 1)) / busy
         prefill_s = (len(tokens) - cached) / (hw.prefill_tok_s * share)
         decode_s = decoded / (hw.decode_tok_s * share)
-        self._sleep(prefill_s + decode_s)
+        try:
+            self._sleep(prefill_s if pieces else prefill_s + decode_s)
+            begun = time.monotonic()  # pieces on a fixed schedule: sending them adds no time
+            for index in range(pieces):
+                due = begun + decode_s * self.speed * (index + 1) / pieces
+                if (left := due - time.monotonic()) > 0:
+                    time.sleep(left)
+                yield
+        except GeneratorExit:  # the client went away mid-answer: free the slot, charge nothing
+            with self._cond:
+                self._busy[slot] = False
+                self._cond.notify_all()
+            raise
         ended = time.monotonic()
         waited = admitted - arrived - load_s * self.speed
         queued_s = max(0.0, waited) / self.speed if self.speed > 0 else 0.0

@@ -48,7 +48,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.fake_cost import CostModel, output_tokens, prompt_tokens
+from tests.fake_cost import Charge, CostModel, output_tokens, prompt_tokens
 from tests.fake_ollama_wire import (
     RecordedRequest,
     RequestProblem,
@@ -438,11 +438,22 @@ class FakeOllama:
         text, reason = self._answer(
             asked, format_, options, blind=bool(images) and "vision" not in caps
         )
+        thinking = "Considering the request." if "thinking" in caps and think is not False else ""
+        streamed = body.get("stream", True) is not False
+        paced = streamed and not (self.endless or self.one_line or self.error_mid_stream)
+        if self.cost is not None and paced:  # the answer's pieces at the cost model's pace
+            reply = _Reply(
+                model, chat, text, reason, thinking, token_count(asked), raw=bool(body.get("raw"))
+            )  # fmt: skip
+            self.loaded[name] = keep_alive
+            if keep_alive == 0:
+                self.loaded.pop(name, None)
+            self._count_stream(h, self._paced(name, body, chat=chat, reply=reply))
+            return
         timings = self._charge(name, body, chat=chat, text=text)
         self.loaded[name] = keep_alive
         if keep_alive == 0:
             self.loaded.pop(name, None)
-        thinking = "Considering the request." if "thinking" in caps and think is not False else ""
         reply = _Reply(
             model, chat, text, reason, thinking, token_count(asked), raw=bool(body.get("raw")),
             timings=timings,
@@ -473,12 +484,33 @@ class FakeOllama:
         with contextlib.suppress(OSError):  # the client stopped reading: what endless awaits
             _send_stream(h, counted())
 
-    def _charge(
-        self, name: str, body: Mapping[str, Any], *, chat: bool, text: str
-    ) -> dict[str, int] | None:
-        """Run the cost model for this request (sleeping its time); its timing fields."""
-        if self.cost is None:
-            return None
+    def _paced(
+        self, name: str, body: Mapping[str, Any], *, chat: bool, reply: _Reply
+    ) -> Iterator[dict[str, Any]]:
+        """The answer's chunks as the real server streams them: each piece once the cost model
+        has decoded it (the load and prefill first), the final chunk with the charge's fields."""
+        assert self.cost is not None
+        lines = list(reply.chunks(None))
+        tokens = prompt_tokens(
+            *self._cost_messages(body, chat=chat), self.cost.hardware.image_tokens
+        )
+        steps = self.cost.stream(name, tokens, output_tokens(reply.text), len(lines) - 1)
+        try:
+            for line in lines[:-1]:
+                next(steps)
+                yield line
+            next(steps)
+        except StopIteration as done:
+            charge: Charge = done.value
+        finally:
+            steps.close()
+        self._evict_others(name)
+        yield {**lines[-1], **charge.fields()}
+
+    def _cost_messages(
+        self, body: Mapping[str, Any], *, chat: bool
+    ) -> tuple[list[dict[str, Any]], dict[int, list[bytes]]]:
+        """The request as the cost model's template reads it: messages, and images by message."""
         if chat:
             messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
         else:
@@ -493,11 +525,23 @@ class FakeOllama:
             index: [go_b64decode(str(image)) for image in message.get("images") or []]
             for index, message in enumerate(messages)
         }
-        tokens = prompt_tokens(messages, images, self.cost.hardware.image_tokens)
-        charge = self.cost.run(name, tokens, output_tokens(text))
+        return messages, images
+
+    def _evict_others(self, name: str) -> None:
         with self._lock:
             for other in [m for m in self.loaded if m != name]:
                 self.loaded.pop(other)  # one resident model at a time
+
+    def _charge(
+        self, name: str, body: Mapping[str, Any], *, chat: bool, text: str
+    ) -> dict[str, int] | None:
+        """Run the cost model for this request (sleeping its time); its timing fields."""
+        if self.cost is None:
+            return None
+        messages, images = self._cost_messages(body, chat=chat)
+        tokens = prompt_tokens(messages, images, self.cost.hardware.image_tokens)
+        charge = self.cost.run(name, tokens, output_tokens(text))
+        self._evict_others(name)
         return charge.fields()
 
     def _load(self, h: _Handler, name: str, keep_alive: float, *, chat: bool) -> None:

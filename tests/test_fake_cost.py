@@ -184,6 +184,32 @@ def test_the_server_reports_the_cost_models_exact_counts():
     assert ps == ["mistral:latest"]
 
 
+def test_a_streamed_answer_arrives_at_the_decode_pace_and_a_dropped_stream_frees_its_slot():
+    """As the real server streams: the first piece after the prefill, the rest spread over the
+    decode time; a client that stops reading mid-answer frees the slot and is not charged."""
+    cost = CostModel(SMALL, speed=0.2)  # prefill 0.1 s/10 tokens, decode 0.02 s a token
+    messages = [{"role": "user", "content": "subjects: lighthouse (0.91), seascape (0.05)"}]
+    with FakeOllama(cost=cost) as server:
+        client = ollama.Client(host=server.url, timeout=10)
+        client.chat("llama3.2", messages=[])  # load first: the load is not the point here
+        started = time.monotonic()
+        arrivals = [
+            time.monotonic() - started
+            for _ in client.chat("llama3.2", messages=messages, stream=True)
+        ]
+        charge = cost.charges[-1]
+        with httpx.stream(
+            "POST", f"{server.url}/api/chat", json={"model": "llama3.2", "messages": messages}
+        ) as response:
+            next(response.iter_lines())  # one piece, then hang up
+        again = client.chat("llama3.2", messages=messages, stream=False)  # a free slot
+    decode_wall = charge.decode_s * cost.speed
+    assert charge.decoded > 3 and len(arrivals) >= 4
+    assert arrivals[0] < arrivals[-1] - decode_wall / 2  # pieces spread, not all at the end
+    assert arrivals[-1] >= (charge.prefill_s + charge.decode_s) * cost.speed * 0.9
+    assert again.done and len(cost.charges) == 2  # the dropped stream is not charged
+
+
 def test_images_count_as_tokens_and_a_preload_is_a_load():
     """A vision request's images add image_tokens each; an empty chat loads the model."""
     cost = CostModel(SMALL, speed=0)

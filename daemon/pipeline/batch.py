@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -168,9 +169,10 @@ def finish_batch(
     ``should_write`` is asked just before an image's sidecars are written (a distributed
     worker checks it still holds the image's lock); False skips the write. ``on_image(path)``
     is called as each image's compose begins: the service's progress heartbeat. Without
-    ``compose_all`` each image is composed and written before the next begins (so every
-    image before it is finished by then); with it, ``compose_all`` runs the batch's compose
+    ``compose_all`` the images are composed one after another, each written on a writer
+    thread while the next is composed; with it, ``compose_all`` runs the batch's compose
     steps (several at a time, say) and returns their outcomes in order, then each is written.
+    Either way every image is written before this returns.
     """
     results = dict(prepared.results)
     if prepared.seen is None:
@@ -205,11 +207,19 @@ def finish_batch(
 
     steps = [step(a, img, s, t) for (a, img, t), s in items]
     outcomes = compose_all(steps) if compose_all is not None else None
-    for i, ((a, img, t), s) in enumerate(items):
-        outcome = outcomes[i] if outcomes is not None else steps[i]()
-        if not isinstance(outcome, Result):
-            outcome = _guard(a.path, partial(written, a, img, s, t, outcome))
-        results[a.path] = outcome
+    # Write-behind: image i's clip_prompt and sidecar writes (four fsyncs) run on one writer
+    # thread while image i+1's request is with the model, so the model never waits on a disk.
+    with ThreadPoolExecutor(1, thread_name_prefix="promptd-write") as writer:
+        pending: list[tuple[Path, Future[Result]]] = []
+        for i, ((a, img, t), s) in enumerate(items):
+            outcome = outcomes[i] if outcomes is not None else steps[i]()
+            if isinstance(outcome, Result):
+                results[a.path] = outcome
+                continue
+            job = partial(_guard, a.path, partial(written, a, img, s, t, outcome))
+            pending.append((a.path, writer.submit(job)))
+        for path, future in pending:
+            results[path] = future.result()
     ordered = [results[p] for p in prepared.paths]
     for result in ordered:
         log_result(result)
