@@ -102,6 +102,51 @@ def test_gpulock_folder_work_waits_for_claims_only_as_long_as_its_patience() -> 
         assert order == ["request", "folder"]
 
 
+def test_gpulock_cpu_turn_runs_beside_a_holder_but_keeps_the_priority_order() -> None:
+    """CLIP on the CPU takes no turn (it runs while the LLM holds the lock); a request's CPU
+    CLIP claims the lane, and folder CPU work waits for the claim to end."""
+    lock = GpuLock()
+    order: list[str] = []
+
+    def folder_cpu() -> None:
+        with lock.cpu_turn():
+            order.append("folder cpu")
+
+    holder = threading.Event()
+    release = threading.Event()
+
+    def llm() -> None:
+        with lock:
+            holder.set()
+            release.wait(10)
+
+    ollama = threading.Thread(target=llm)
+    ollama.start()
+    holder.wait(10)
+    with lock.cpu_turn():  # beside the holder: no turn taken
+        order.append("beside the llm")
+    release.set()
+    ollama.join(10)
+    with lock.priority():
+        with lock.cpu_turn():
+            order.append("request cpu")
+        assert lock.claimed
+        folder = threading.Thread(target=folder_cpu)
+        folder.start()
+        wait_until(lambda: _blocked_on(lock, 1), 10, "folder CPU work to wait for the claim")
+        order.append("request done")
+    folder.join(10)
+    assert order == ["beside the llm", "request cpu", "request done", "folder cpu"]
+    assert lock.acquisitions == 1 and not lock.claimed
+
+
+def test_gpulock_cpu_turn_is_a_no_op_when_not_exclusive() -> None:
+    """Without gpu.exclusive there is no priority lane to keep."""
+    lock = GpuLock(exclusive=False)
+    with lock.priority(), lock.cpu_turn():
+        assert not lock.claimed
+
+
 def test_gpulock_release_by_another_thread_raises() -> None:
     """Releasing a lock one does not hold is a programming error, reported at once."""
     lock = GpuLock()

@@ -19,6 +19,10 @@ With ``ollama.parallel`` above 1 the worker holds the lock around a whole LLM ph
 requests of a batch together) and runs the requests on helper threads inside ``covered()``:
 there the lock is already held on their behalf, so their turns pass at once. Such a phase
 takes only LLM requests: CLIP work (clip_prompt) comes after it, with its own turns.
+
+CLIP on the CPU takes no turns (it uses nothing the LLM needs) but goes through
+``cpu_turn()``: an interactive request's CLIP claims the lane there, and folder CLIP waits for
+claims, so a request is not slowed by the backlog's CLIP batches competing for the cores.
 """
 
 from __future__ import annotations
@@ -68,6 +72,26 @@ class GpuLock:
             yield
         finally:
             self._local.covered = False
+
+    @contextlib.contextmanager
+    def cpu_turn(self) -> Iterator[None]:
+        """For model work on the CPU (CLIP with ``clip.device: cpu``): it takes no turn, so it
+        runs beside the LLM, but keeps the priority lane's order, since it shares the CPU with
+        an interactive request's own stages: inside ``priority()`` the claim starts here, and
+        folder work waits while claims stand (at most ``claim_patience_s``)."""
+        if self.exclusive:
+            lane: dict[str, bool] | None = getattr(self._local, "priority", None)
+            with self._cond:
+                if lane is not None and not lane["claimed"]:
+                    lane["claimed"] = True
+                    self._claims += 1
+                patience = time.monotonic() + self.claim_patience_s
+                while lane is None and self._claims > 0:
+                    left = patience - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+        yield
 
     @property
     def held(self) -> bool:

@@ -205,6 +205,16 @@ class ClipAnalyzer:
             return contextlib.nullcontext()
         return self._gpu_lock
 
+    def forward_turn(self) -> contextlib.AbstractContextManager[object]:
+        """The turn for one batch's forward pass: the GPU lock, or on the CPU the lock's
+        ``cpu_turn`` (no turn taken, interactive requests still first) where it has one."""
+        if self._gpu_lock is not None and self.device == "cpu":
+            cpu_turn = getattr(self._gpu_lock, "cpu_turn", None)
+            if callable(cpu_turn):
+                turn: contextlib.AbstractContextManager[object] = cpu_turn()
+                return turn
+        return self.gpu()
+
     def _ensure_loaded(self) -> _Loaded:
         state = self._state
         if state is not None:
@@ -261,7 +271,7 @@ class ClipAnalyzer:
         """One vision forward for the chunk: per table, softmax probabilities on the CPU, and
         the normalised image embeddings (CPU, float32)."""
         width = dimensions(state.model)[0]
-        with self.gpu():
+        with self.forward_turn():
             try:
                 with torch.inference_mode():
                     output = state.model.get_image_features(
