@@ -61,7 +61,7 @@ def write_config(
     distributed: dict[str, Any] | None,
 ) -> Path:
     """``root/config-NAME.yaml``: the tiny CLIP, the fake Ollama, short settle time, long
-    rescans; ``distributed`` None means one machine (no broker)."""
+    rescans, the HTTP API on a free port; ``distributed`` None means one machine (no broker)."""
     config: dict[str, Any] = {
         "inbox": str(inbox),
         "cache_dir": str(cache_dir),
@@ -70,6 +70,7 @@ def write_config(
         "ollama": {"host": ollama_url, "retries": 0},
         "log": {"format": "json", "level": "info"},
         "watch": {"settle_s": 0.3, "rescan_interval_s": 600},
+        "api": {"listen": "127.0.0.1:0"},  # a free port: never fight another run over 8765
     }
     if distributed is not None:
         config["distributed"] = distributed

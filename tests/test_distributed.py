@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,16 +112,19 @@ def test_worker_killed_mid_burst_its_image_is_redone_by_the_other(cluster: Clust
     cluster.producer()
     wait_warm(victim, survivor)
     client = Redis.from_url(cluster.redis.url)
-    in_hand = wait_until(
-        lambda: (client.hget("promptd:worker:victim", "current") or b"").decode(),
-        120,
-        "the victim to hold an image",
-        interval=0.01,
-    )
+    killed: dict[str, Any] = {}
 
-    victim.kill_group()
-    killed_at = time.monotonic()
-    name = Path(in_hand).stem
+    def kill_the_victim_as_it_composes(name: str | None) -> None:
+        # Killed as its model call starts, so the image cannot be finished first (polling
+        # `current` and then killing raced the victim's last write).
+        current = (client.hget("promptd:worker:victim", "current") or b"").decode()
+        if not killed and name is not None and current.endswith(f"{name}.png"):
+            victim.kill_group()
+            killed.update(name=name, at=time.monotonic())
+
+    cluster.fake.on_call = kill_the_victim_as_it_composes
+    wait_until(lambda: killed, 120, "the victim to compose an image", interval=0.01)
+    name, killed_at = killed["name"], killed["at"]
 
     wait_until(lambda: all_done(images), 240, "every image done")
     assert name in worked_on(survivor), f"{name} was not redone by the survivor"
