@@ -27,9 +27,7 @@ from daemon.config import Config
 from daemon.distributed.coord import Coordinator, Heartbeat
 from daemon.distributed.inboxes import absence_reason, inbox_map, local_path, wait_visible
 from daemon.distributed.keys import BadKey, ImageKey, key_from_message
-from daemon.errors import PromptdError
 from daemon.pipeline import process_batch
-from daemon.pipeline.analyze.clip import ClipAnalyzer
 from daemon.pipeline.write import write_quarantined
 from daemon.records import Result
 from daemon.service.gpulock import GpuLock
@@ -72,23 +70,11 @@ class Runner:
         )
 
     def warm_up(self) -> None:
-        """Load the Ollama model first, then CLIP (Ollama falls back to CPU if VRAM is taken);
-        a failure here only means the first image tries again."""
+        """Load the Ollama model first, then CLIP (``Live.warm_up``); a failure here only
+        means the first image tries again."""
         live = self.live
-        mode = live.config.defaults.mode
-        if mode != "clip":
-            try:
-                live.llm.preload(getattr(live.config.ollama.models, mode))
-                live.ollama_up = True
-            except PromptdError as exc:
-                live.ollama_up = False
-                log.warning("ollama_unavailable", error=str(exc))
+        live.warm_up(skip_while_down=False)
         analyzer = live.ctx.analyzer
-        if isinstance(analyzer, ClipAnalyzer):
-            try:
-                analyzer.load()
-            except PromptdError as exc:
-                log.error("clip_unavailable", error=str(exc))
         log.info("worker_warm", worker=self.worker_name, ollama=live.ollama_state,
                  clip_device=str(getattr(analyzer, "device", "none")))  # fmt: skip
 

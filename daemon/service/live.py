@@ -51,9 +51,11 @@ class Live:
         """``up``, ``down`` or ``unknown`` for the status file."""
         return "unknown" if self.ollama_up is None else ("up" if self.ollama_up else "down")
 
-    def warm_up(self) -> None:
+    def warm_up(self, *, skip_while_down: bool = True) -> None:
         """Load the Ollama model first, then CLIP: Ollama falls back to CPU if VRAM is taken.
-        A model that is not there is noted (degraded until it answers), not fatal."""
+        A model that is not there is noted, not fatal: with ``skip_while_down`` the composer
+        skips Ollama for a while (degraded until the health thread sees it answer); without
+        it (a distributed worker, which has no health thread) the first image tries again."""
         mode = self.config.defaults.mode
         if mode != "clip":
             model = getattr(self.config.ollama.models, mode)
@@ -62,8 +64,9 @@ class Live:
                 self.ollama_up = True
             except PromptdError as exc:
                 self.ollama_up = False
-                self.degraded_seen.set()  # the health thread watches for Ollama to come back
-                self.ctx.composer.mark_down(exc.message)
+                if skip_while_down:
+                    self.degraded_seen.set()  # the health thread watches for Ollama's return
+                    self.ctx.composer.mark_down(exc.message)
                 log.warning("ollama_unavailable", model=model, error=str(exc))
         analyzer = self.ctx.analyzer
         if isinstance(analyzer, ClipAnalyzer):
